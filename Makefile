@@ -1,0 +1,30 @@
+# make test: ruff + pytest;  make demo: the end-to-end demo;  make bench: benchmarks (JSON in bench/results/).
+# Each target creates or reuses .venv and installs the project into it.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check simclr tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/simclr demo
+
+bench: $(STAMP)
+	mkdir -p bench/results
+	$(BIN)/python bench/train_throughput.py --out bench/results/train_throughput.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

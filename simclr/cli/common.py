@@ -1,0 +1,51 @@
+"""What every command shares: logging to stderr, one-line errors, JSON on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import typer
+from tqdm import tqdm
+
+# Errors a user can fix: the CLI prints their one-line message and exits 1.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines written through tqdm so they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logger = logging.getLogger("simclr")
+    if not logger.handlers:
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("simclr: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line to stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and exit status 1."""
+    try:
+        yield
+    except (*USER_ERRORS, *extra) as error:
+        raise fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from None
+
+
+def print_json(payload: dict) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))

@@ -1,0 +1,241 @@
+"""SimCLR's augmentation on whole batches: uint8 [N, 3, H, W] in, float [N, 3, S, S] in [0, 1] out.
+
+Each transform is a small callable that draws its random parameters per image from one torch.Generator (on the
+CPU, so a run is reproducible and resumable on any device) and applies them to the whole batch at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+from torchvision.transforms.v2 import Compose
+
+from simclr.train.config import AugmentConfig
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(count, generator=generator) * (high - low) + low
+
+
+def _chance(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(count, generator=generator) < p
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N] -> [N, 1, 1, 1] on the batch's device and dtype, to broadcast over an image batch."""
+    return values.to(like.device, like.dtype).view(-1, 1, 1, 1)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """Luma of [N, 3, H, W] as [N, 1, H, W]."""
+    r, g, b = images.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+class RandomResizedCrop:
+    """Crop a random area fraction in `scale` with aspect ratio in `ratio`, resized to `size` (bilinear,
+    antialiased by roi_align's adaptive sampling). Takes uint8 or float, returns float in [0, 1]."""
+
+    attempts = 10
+
+    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                 generator: torch.Generator) -> None:
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop scale {scale}: need 0 < low <= high <= 1")
+        self.size, self.scale, self.ratio, self.generator = size, scale, ratio, generator
+
+    def boxes(self, count: int, height: int, width: int) -> torch.Tensor:
+        """[count, 4] crop boxes (x0, y0, x1, y1) in pixels, drawn as torchvision's RandomResizedCrop draws them."""
+        tries = (count, self.attempts)
+        area = height * width * (torch.rand(tries, generator=self.generator) * (self.scale[1] - self.scale[0])
+                                 + self.scale[0])
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(torch.rand(tries, generator=self.generator) * (log_high - log_low) + log_low)
+        crop_w = torch.sqrt(area * aspect).round()
+        crop_h = torch.sqrt(area / aspect).round()
+        fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
+        first = fits.float().argmax(dim=1)  # the first attempt that fits, as torchvision does
+        rows = torch.arange(count)
+        crop_w, crop_h = crop_w[rows, first], crop_h[rows, first]
+        # Where no attempt fits: the central crop at the nearest allowed aspect ratio.
+        fallback = ~fits.any(dim=1)
+        if fallback.any():
+            in_ratio = width / height
+            if in_ratio < self.ratio[0]:
+                fw, fh = width, round(width / self.ratio[0])
+            elif in_ratio > self.ratio[1]:
+                fw, fh = round(height * self.ratio[1]), height
+            else:
+                fw, fh = width, height
+            crop_w[fallback], crop_h[fallback] = float(fw), float(fh)
+        x0 = torch.floor(torch.rand(count, generator=self.generator) * (width - crop_w + 1))
+        y0 = torch.floor(torch.rand(count, generator=self.generator) * (height - crop_h + 1))
+        return torch.stack([x0, y0, x0 + crop_w, y0 + crop_h], dim=1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count, _, height, width = images.shape
+        boxes = self.boxes(count, height, width).to(images.device)
+        rois = torch.cat([torch.arange(count, device=images.device, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1)
+        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        crops = roi_align(pixels, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return crops.clamp_(0.0, 1.0)
+
+
+class RandomHorizontalFlip:
+    """Mirror each image with probability p."""
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        self.p, self.generator = p, generator
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        flip = _per_image(_chance(len(images), self.p, self.generator), images).bool()
+        return torch.where(flip, images.flip(-1), images)
+
+
+class ColorJitter:
+    """Brightness, contrast, saturation (factors in [1-x, 1+x]) and hue (shift in [-h, h] turns), applied with
+    probability p per image. The order of the four is drawn once per batch (torchvision draws it per image)."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                 generator: torch.Generator) -> None:
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"hue jitter {hue}: must be in [0, 0.5]")
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.p, self.generator = p, generator
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count, g = len(images), self.generator
+        apply = _chance(count, self.p, g)
+        b = torch.where(apply, _uniform(count, 1 - self.brightness, 1 + self.brightness, g), 1.0)
+        c = torch.where(apply, _uniform(count, 1 - self.contrast, 1 + self.contrast, g), 1.0)
+        s = torch.where(apply, _uniform(count, 1 - self.saturation, 1 + self.saturation, g), 1.0)
+        h = torch.where(apply, _uniform(count, -self.hue, self.hue, g), 0.0)
+        steps = {
+            0: lambda x: adjust_brightness(x, b),
+            1: lambda x: adjust_contrast(x, c),
+            2: lambda x: adjust_saturation(x, s),
+            3: lambda x: adjust_hue(x, h),
+        }
+        for step in torch.randperm(4, generator=g).tolist():
+            images = steps[step](images)
+        return images
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale intensities by a per-image factor [N]."""
+    return (images * _per_image(factor, images)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its mean grey level by a per-image factor [N]."""
+    mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(images, mean, factor)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its greyscale version by a per-image factor [N]."""
+    return _blend(images, grayscale(images), factor)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by a per-image shift [N] in turns, through HSV as torchvision's adjust_hue."""
+    hue, saturation, value = _rgb_to_hsv(images)
+    hue = torch.remainder(hue + _per_image(shift, images), 1.0)
+    return _hsv_to_rgb(hue, saturation, value)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    ratio = _per_image(factor, images)
+    return (ratio * images + (1 - ratio) * other).clamp_(0.0, 1.0)
+
+
+def _rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r, g, b = images.unbind(1)
+    value, _ = images.max(dim=1)
+    minimum, _ = images.min(dim=1)
+    chroma = value - minimum
+    saturation = chroma / torch.where(value > 0, value, torch.ones_like(value))
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue_r = (g - b) / safe
+    hue_g = 2.0 + (b - r) / safe
+    hue_b = 4.0 + (r - g) / safe
+    hue = torch.where(value == r, hue_r, torch.where(value == g, hue_g, hue_b))
+    hue = torch.where(chroma > 0, torch.remainder(hue / 6.0, 1.0), torch.zeros_like(hue))
+    return hue.unsqueeze(1), saturation.unsqueeze(1), value.unsqueeze(1)
+
+
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, for n = 5, 3, 1 (R, G, B)
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=hue.device, dtype=hue.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + hue * 6.0, 6.0)
+    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    return (value - value * saturation * ramp).clamp_(0.0, 1.0)
+
+
+class RandomGrayscale:
+    """Replace an image by its luma (on all three channels) with probability p."""
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        self.p, self.generator = p, generator
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        gray = _per_image(_chance(len(images), self.p, self.generator), images).bool()
+        return torch.where(gray, grayscale(images).expand_as(images), images)
+
+
+class RandomGaussianBlur:
+    """Blur with probability p, sigma uniform in `sigma` per image, kernel side 10% of the image side (odd)."""
+
+    def __init__(self, p: float, sigma: tuple[float, float], generator: torch.Generator) -> None:
+        self.p, self.sigma, self.generator = p, sigma, generator
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count, channels, height, width = images.shape
+        radius = max(1, int(0.1 * height) // 2)
+        apply = _chance(count, self.p, self.generator)
+        sigma = _uniform(count, *self.sigma, self.generator)
+        if not apply.any():
+            return images
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        kernel = kernel / kernel.sum(dim=1, keepdim=True)
+        identity = (taps == 0).float().expand_as(kernel)
+        kernel = torch.where(apply.view(-1, 1), kernel, identity)  # [N, K]
+        # One grouped convolution per axis, with one kernel per image (shared by its channels).
+        weight = kernel.repeat_interleave(channels, dim=0).to(images.device, images.dtype)  # [N*C, K]
+        flat = images.reshape(1, count * channels, height, width)
+        flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+        flat = F.conv2d(flat, weight.view(-1, 1, 1, 2 * radius + 1), groups=count * channels)
+        flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+        flat = F.conv2d(flat, weight.view(-1, 1, 2 * radius + 1, 1), groups=count * channels)
+        return flat.view(count, channels, height, width)
+
+
+class TwoViews:
+    """Apply one random transform twice, independently: the positive pair of SimCLR."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(images), self.transform(images)
+
+
+def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Compose:
+    """The paper's augmentation: crop + flip, colour distortion of strength s, optional blur."""
+    strength = config.color_strength
+    steps = [
+        RandomResizedCrop(config.image_size, config.crop_scale, config.crop_ratio, generator),
+        RandomHorizontalFlip(config.flip_p, generator),
+        ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength, config.color_p, generator),
+        RandomGrayscale(config.grayscale_p, generator),
+    ]
+    if config.blur_p > 0:
+        steps.append(RandomGaussianBlur(config.blur_p, config.blur_sigma, generator))
+    return Compose(steps)

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simclr.data.images import NoImagesError, find_images, load_image, try_load_image
+
+
+def test_find_images_is_recursive_sorted_and_survives_symlink_cycles(tmp_path: Path) -> None:
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    for name in ("b/deep/2.png", "a/1.JPG", "b/0.webp"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "deep" / "loop").symlink_to(tmp_path / "b")
+    found = find_images(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.JPG", "b/0.webp", "b/deep/2.png"]
+
+
+def test_find_images_names_the_folder_when_there_are_none(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(NoImagesError, match=str(tmp_path)):
+        find_images(tmp_path)
+    with pytest.raises(NoImagesError, match="not a folder"):
+        find_images(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "P"])
+def test_every_mode_becomes_rgb_of_the_requested_size(tmp_path: Path, mode: str) -> None:
+    image = Image.new("RGB", (60, 40), (200, 40, 10)).convert(mode)
+    path = tmp_path / ("image.tif" if mode in ("CMYK", "I;16") else "image.png")
+    image.save(path)
+    array = load_image(path, 16)
+    assert array.shape == (16, 16, 3) and array.dtype == np.uint8
+
+
+def test_transparent_palette_pixels_become_white(tmp_path: Path) -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0] * 256)
+    image.info["transparency"] = 0
+    image.save(tmp_path / "clear.png", transparency=0)
+    assert (load_image(tmp_path / "clear.png", 8) == 255).all()
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    array = load_image(tmp_path / "rotated.jpg", 20)
+    # Displayed upright it is 20 wide and 40 tall, white on top: the centre crop is white above, black below
+    # (ignoring EXIF it would be white on the left instead).
+    assert array[:8].mean() > 200 and array[12:].mean() < 50
+
+
+def test_large_jpeg_is_scaled_down_with_the_right_content(tmp_path: Path) -> None:
+    image = Image.new("RGB", (1200, 800), (10, 200, 30))
+    image.save(tmp_path / "big.jpg", quality=95)
+    array = load_image(tmp_path / "big.jpg", 32)
+    assert array.shape == (32, 32, 3)
+    assert np.abs(array.astype(int) - [10, 200, 30]).max() < 8
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0 truncated jpeg"])
+def test_unreadable_files_give_none_and_a_warning(tmp_path: Path, content: bytes,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(content)
+    with caplog.at_level("WARNING", logger="simclr"):
+        assert try_load_image(path, 8) is None
+    assert "broken.jpg" in caplog.text

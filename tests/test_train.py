@@ -1,0 +1,184 @@
+"""The training run end to end: resume exactness, signals, divergence, the tiny CIFAR run, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from simclr.cli.app import app
+from simclr.train.checkpoint import load_checkpoint, save_checkpoint
+from simclr.train.config import build_config
+from simclr.train.loop import TrainingError, train
+
+SMALL = ["--width", "0.0625", "--image-size", "16", "--batch-size", "8", "--epochs", "3", "--workers", "0",
+         "--warmup-epochs", "1", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 small real image files (JPEG and PNG, mixed sizes) in nested folders."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(24):
+        folder = root / f"group{index % 3}"
+        folder.mkdir(exist_ok=True)
+        size = (20 + index % 5 * 4, 18 + index % 3 * 6)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.{'jpg' if index % 2 else 'png'}")
+    return root
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "last.pt")
+    return {**{f"encoder.{k}": v for k, v in state["encoder"].items()},
+            **{f"head.{k}": v for k, v in state["head"].items()}}
+
+
+def test_resume_continues_exactly(image_folder: Path, tmp_path: Path) -> None:
+    # 3 steps per epoch: stop mid-epoch at step 4, resume to step 8, against 8 uninterrupted steps.
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert _invoke("--data", str(image_folder), "--out", str(whole), *SMALL, "--max-steps", "8").exit_code == 0
+    assert _invoke("--data", str(image_folder), "--out", str(split), *SMALL, "--max-steps", "4").exit_code == 0
+    assert load_checkpoint(split / "last.pt")["step"] == 4
+    resumed = _invoke("--data", str(image_folder), "--out", str(split), "--resume", "--max-steps", "8")
+    assert resumed.exit_code == 0, resumed.output
+    expected, actual = _weights(whole), _weights(split)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "step"]
+    assert steps == list(range(1, 9))
+
+
+def test_run_directory_holds_checkpoint_config_metrics_and_curves(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--json")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"last.pt", "config.json", "metrics.jsonl", "training_curves.png"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["width"] == 0.0625 and config["preset"] == "cifar"
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 3 and state["step"] == 9
+    assert Image.open(out / "training_curves.png").size[0] > 400
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--max-steps", "2").exit_code == 0
+    state = load_checkpoint(out / "last.pt")
+    state["encoder"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state["encoder"].items()}
+    save_checkpoint(out / "last.pt", {k: v for k, v in state.items() if k != "format"})
+    saved = (out / "last.pt").read_bytes()
+    config = build_config("cifar", {"data": str(image_folder), "augment.image_size": 16, "batch_size": 8,
+                                    "model.width": 0.0625, "workers": 0, "epochs": 3})
+    with pytest.raises(TrainingError, match="loss became nan at step 3"):
+        train(config, out, resume=True)
+    assert (out / "last.pt").read_bytes() == saved
+
+
+def test_sigterm_saves_a_resumable_checkpoint(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "simclr", "train", "--data", str(image_folder), "--out", str(out), *SMALL,
+               "--epochs", "1000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "continue with --resume" in stderr
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert step >= 3
+    resumed = _invoke("--data", str(image_folder), "--out", str(out), "--resume", "--max-steps", str(step + 1))
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["step"] == step + 1
+
+
+def test_tiny_cifar_run_lowers_the_loss_and_raises_contrastive_accuracy(tiny_run: Path) -> None:
+    steps = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [record for record in steps if record["event"] == "epoch"]
+    first, last = epochs[0], epochs[-1]
+    assert last["loss"] < first["loss"] - 0.1
+    assert last["contrastive_accuracy"] > first["contrastive_accuracy"] + 0.02
+
+
+def test_empty_folder_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = _invoke("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), *SMALL)
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "no image files found" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_folder_of_non_images_is_one_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    for index in range(10):
+        (folder / f"{index}.jpg").write_bytes(b"this is not a JPEG file")
+    result = _invoke("--data", str(folder), "--out", str(tmp_path / "run"), *SMALL)
+    assert result.exit_code == 1
+    assert "error: " in result.output.strip().splitlines()[-1]
+    assert "could be decoded" in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "resnet99"], "--arch 'resnet99'"),
+    (["--optimizer", "adam"], "--optimizer 'adam'"),
+    (["--batch-size", "1"], "--batch-size 1"),
+    (["--preset", "mnist"], "--preset 'mnist'"),
+])
+def test_bad_options_name_the_option(image_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = _invoke("--data", str(image_folder), "--out", str(tmp_path / "run"), *args)
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_unknown_flag_and_missing_data_root_are_refused(tmp_path: Path) -> None:
+    assert _invoke("--data", "x", "--out", str(tmp_path), "--no-such-flag").exit_code == 2
+    result = _invoke("--data", "cifar10", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "--data-root" in result.output
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _invoke("--data", str(image_folder), "--out", str(out), "--resume")
+    assert result.exit_code == 1 and "nothing to resume" in result.output
+    assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--max-steps", "1").exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    result = _invoke("--data", str(image_folder), "--out", str(out), *SMALL)
+    assert result.exit_code == 1 and "--resume" in result.output
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_cifar_copy_loads_without_the_official_md5(cifar_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from simclr.data.datasets import torchvision_split
+
+    with caplog.at_level("WARNING", logger="simclr"):
+        test = torchvision_split("cifar10", cifar_root, train=False)
+    assert test.images.shape == (10000, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert len(test.classes) == 10 and int(test.labels.max()) == 9
+    assert "md5" in caplog.text
+
+
+def test_python_module_entry_point_shows_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "simclr", "train", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0 and "--max-steps" in result.stdout and "--resume" in result.stdout
