@@ -144,38 +144,27 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 
 def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by a per-image shift [N] in turns, through HSV as torchvision's adjust_hue."""
-    hue, saturation, value = _rgb_to_hsv(images)
-    hue = torch.remainder(hue + _per_image(shift, images), 1.0)
-    return _hsv_to_rgb(hue, saturation, value)
+    """Rotate hue by a per-image shift [N] in turns, as torchvision's adjust_hue (HSV), in one pass.
+
+    A hue rotation keeps each pixel's max (V) and chroma (C = max - min), so RGB comes straight back from
+    V - C * ramp(k) without building the S channel: about half the tensor operations of an HSV round trip.
+    """
+    r, g, b = images.unbind(1)
+    maximum = torch.maximum(torch.maximum(r, g), b)
+    chroma = maximum - torch.minimum(torch.minimum(r, g), b)
+    red_max, green_max = r == maximum, g == maximum  # ties resolve to R, then G, as torchvision does
+    # Hue in sixths of a turn: sector 0, 2 or 4 by the max channel, plus the position inside it, plus the shift.
+    numerator = torch.where(red_max, g - b, torch.where(green_max, b - r + 2 * chroma, r - g + 4 * chroma))
+    hue6 = numerator / chroma.clamp_min(1e-12) + 6 * _per_image(shift, images)[:, 0]
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(hue6.unsqueeze(1) + offsets, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maximum.unsqueeze(1) - chroma.unsqueeze(1) * ramp).clamp_(0.0, 1.0)
 
 
 def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     ratio = _per_image(factor, images)
     return (ratio * images + (1 - ratio) * other).clamp_(0.0, 1.0)
-
-
-def _rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r, g, b = images.unbind(1)
-    value, _ = images.max(dim=1)
-    minimum, _ = images.min(dim=1)
-    chroma = value - minimum
-    saturation = chroma / torch.where(value > 0, value, torch.ones_like(value))
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    hue_r = (g - b) / safe
-    hue_g = 2.0 + (b - r) / safe
-    hue_b = 4.0 + (r - g) / safe
-    hue = torch.where(value == r, hue_r, torch.where(value == g, hue_g, hue_b))
-    hue = torch.where(chroma > 0, torch.remainder(hue / 6.0, 1.0), torch.zeros_like(hue))
-    return hue.unsqueeze(1), saturation.unsqueeze(1), value.unsqueeze(1)
-
-
-def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, for n = 5, 3, 1 (R, G, B)
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=hue.device, dtype=hue.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(offsets + hue * 6.0, 6.0)
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return (value - value * saturation * ramp).clamp_(0.0, 1.0)
 
 
 class RandomGrayscale:

@@ -6,7 +6,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 
@@ -60,6 +59,22 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(value) for value in values.tolist()]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is also a sum over ranks (each rank's output feeds every rank's loss)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics span the batches of all ranks, for any device and backend.
 
@@ -78,7 +93,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         local_count = input.numel() // input.shape[1]
         stats = torch.cat([input.sum(dims), (input * input).sum(dims),
                            torch.tensor([float(local_count)], device=input.device, dtype=input.dtype)])
-        stats = dist_nn.all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         channels = input.shape[1]
         count = stats[-1]
         mean = stats[:channels] / count

@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from simclr.data.datasets import TORCHVISION_DATASETS, ImageFiles, InMemoryImages, labelled_splits, training_images
-from simclr.evaluate.knn import knn_top1
+from simclr.data.datasets import training_images
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
+from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, atomic_write_text, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, replace
 from simclr.train.curves import plot_training_curves
 from simclr.train.loss import contrastive_accuracy, nt_xent
 from simclr.train.model import SimCLRModel
+from simclr.train.monitor import KnnMonitor, MetricsLog
 from simclr.train.optim import build_optimizer, peak_learning_rate, warmup_cosine
 
 log = logging.getLogger("simclr")
@@ -101,42 +98,6 @@ def contrastive_step(model: nn.Module, view1: torch.Tensor, view2: torch.Tensor,
     return nt_xent(z1, z2, temperature), contrastive_accuracy(z1, z2)
 
 
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (seeded shuffle per epoch, equal shares per rank) that can skip its first indices."""
-
-    def __init__(self, dataset_size: int, seed: int, epoch: int, skip: int = 0) -> None:
-        super().__init__(range(dataset_size), num_replicas=distributed.world_size(), rank=distributed.rank(),
-                         shuffle=True, seed=seed, drop_last=True)
-        self.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
-
-
-def collate_readable(items: list[torch.Tensor | None]) -> torch.Tensor:
-    """Stack the decoded images of a batch; slots of unreadable files are refilled with readable images of the
-    same batch so every rank keeps the same batch size. A batch with nothing readable is returned empty."""
-    readable = [item for item in items if item is not None]
-    if not readable:
-        return torch.empty(0, dtype=torch.uint8)
-    return torch.stack([readable[i % len(readable)] for i in range(len(items))])
-
-
-def epoch_batches(dataset: ImageFiles | InMemoryImages, sampler: ResumableSampler, batch_size: int, workers: int,
-                  seed: int, pin_memory: bool) -> Iterator[torch.Tensor]:
-    """uint8 [batch_size, 3, H, W] batches of one epoch (an incomplete last batch is dropped)."""
-    if isinstance(dataset, InMemoryImages):
-        indices = torch.tensor(list(sampler), dtype=torch.long)
-        for start in range(0, len(indices) - batch_size + 1, batch_size):
-            yield dataset.images[indices[start:start + batch_size]]
-        return
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                        collate_fn=collate_readable, pin_memory=pin_memory,
-                        generator=torch.Generator().manual_seed(seed))
-    yield from loader
-
-
 class StopSignals:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step (restores the old handlers on exit)."""
 
@@ -158,58 +119,6 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object a line. On resume, lines after the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, keep_through_step: int | None) -> None:
-        self.path = path
-        if keep_through_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_through_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        elif keep_through_step is None:
-            path.write_text("")
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
-
-
-class KnnMonitor:
-    """kNN top-1 of the current encoder on a labelled set (train subset as memory, test subset as queries)."""
-
-    def __init__(self, config: TrainConfig, device: torch.device) -> None:
-        source = config.knn_data or config.data
-        if source not in TORCHVISION_DATASETS and not (Path(source) / "train").is_dir():
-            raise ValueError(f"--knn-every needs labelled data: --knn-data cifar10|cifar100|stl10 or a folder with "
-                             f"train/ and test/ class folders (got {source})")
-        train, test = labelled_splits(source, config.data_root, config.augment.image_size)
-        self.train = train.subset(config.knn_samples, config.seed)
-        self.test = test.subset(max(1, config.knn_samples // 5), config.seed)
-        self.num_classes = len(train.classes) or int(train.labels.max()) + 1
-        self.image_size = config.augment.image_size
-        self.device = device
-
-    @torch.no_grad()
-    def _features(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for start in range(0, len(images), 512):
-            batch = images[start:start + 512].to(self.device).float() / 255.0
-            if batch.shape[-1] != self.image_size:
-                batch = F.interpolate(batch, size=self.image_size, mode="bilinear", antialias=True)
-            rows.append(encoder.features(batch).float().cpu())
-        return torch.cat(rows)
-
-    def __call__(self, encoder: nn.Module) -> float:
-        was_training = encoder.training
-        encoder.eval()
-        try:
-            return knn_top1(self._features(encoder, self.train.images), self.train.labels,
-                            self._features(encoder, self.test.images), self.test.labels, self.num_classes)
-        finally:
-            encoder.train(was_training)
-
-
 def train(config: TrainConfig, out: Path, resume: bool = False) -> TrainResult:
     """Run (or resume) SimCLR pre-training; writes last.pt, config.json, metrics.jsonl and the curve PNG to `out`.
 
@@ -218,170 +127,192 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> TrainResult:
     device = resolve_device(config.device)
     distributed.setup(device)
     try:
-        return _train(config, Path(out), resume, device)
+        return Trainer(config, Path(out), device, resume).run()
     finally:
         distributed.teardown()
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, device: torch.device) -> TrainResult:
-    is_main = distributed.rank() == 0
-    world = distributed.world_size()
-    if config.batch_size % world:
-        raise ValueError(f"--batch-size {config.batch_size}: must divide evenly across {world} processes")
-    local_batch = config.batch_size // world
+class Trainer:
+    """One run's moving parts: data, model, optimiser and schedule, precision, RNG, and the files it writes."""
 
-    # --- data ---
-    dataset = training_images(config.data, Path(config.data_root) if config.data_root else None, config.decode_size)
-    steps_per_epoch = len(ResumableSampler(len(dataset), config.seed, 0)) // local_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {config.batch_size} is larger than the {len(dataset)} images of {config.data}")
-    total_steps = steps_per_epoch * config.epochs
+    def __init__(self, config: TrainConfig, out: Path, device: torch.device, resume: bool) -> None:
+        self.config, self.out, self.device = config, out, device
+        self.is_main = distributed.rank() == 0
+        self.world = distributed.world_size()
+        if config.batch_size % self.world:
+            raise ValueError(f"--batch-size {config.batch_size}: must divide evenly across {self.world} processes")
+        self.local_batch = config.batch_size // self.world
+        self.checkpoint_path = out / CHECKPOINT_NAME
 
-    # --- model, optimiser, schedule ---
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = SimCLRModel(config.model)
-    if world > 1 and config.sync_batch_norm:
-        model = distributed.convert_batch_norm(model, device)
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, config.optim, config.batch_size)
-    schedule = warmup_cosine(peak_learning_rate(config.optim, config.batch_size), total_steps,
-                             round(config.optim.warmup_epochs * steps_per_epoch))
-    precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    augment_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + distributed.rank())
-    two_views = TwoViews(simclr_augmentation(config.augment, augment_generator))
+        # Data
+        self.dataset = training_images(config.data, Path(config.data_root) if config.data_root else None,
+                                       config.decode_size)
+        self.steps_per_epoch = len(ResumableSampler(len(self.dataset), config.seed, 0)) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"--batch-size {config.batch_size} is larger than the {len(self.dataset)} images "
+                             f"of {config.data}")
+        total_steps = self.steps_per_epoch * config.epochs
+        self.max_steps = min(total_steps, config.max_steps or total_steps)
 
-    # --- resume ---
-    step, start_epoch = 0, 0
-    checkpoint_path = out / CHECKPOINT_NAME
-    if resume:
-        state = load_checkpoint(checkpoint_path)
-        model.encoder.load_state_dict(state["encoder"])
-        model.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, start_epoch = state["step"], state["epoch"]
-        saved_states = state["rng"]["augment"]
-        augment_generator.set_state(saved_states[distributed.rank() % len(saved_states)])
+        # Model, optimiser, schedule, precision
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = SimCLRModel(config.model)
+        if self.world > 1 and config.sync_batch_norm:
+            self.model = distributed.convert_batch_norm(self.model, device)
+        channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(device, memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model, config.optim, config.batch_size)
+        self.schedule = warmup_cosine(peak_learning_rate(config.optim, config.batch_size), total_steps,
+                                      round(config.optim.warmup_epochs * self.steps_per_epoch))
+        precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                         else contextlib.nullcontext())
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.augment_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + distributed.rank())
+        self.two_views = TwoViews(simclr_augmentation(config.augment, self.augment_generator))
+
+        self.step, self.epoch = 0, 0
+        self.resumed = resume
+        if resume:
+            self._restore()
+        self.metrics: MetricsLog | None = None  # opened by run(); building a Trainer writes nothing
+        self.monitor = KnnMonitor(config, device) if config.knn_every and self.is_main else None
+
+        self.network: nn.Module = self.model
+        if self.world > 1:
+            self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
+                                                   else None)
+        if config.compile:
+            self.network = torch.compile(self.network)
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoint_path)
+        self.model.encoder.load_state_dict(state["encoder"])
+        self.model.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        augment_states = state["rng"]["augment"]
+        self.augment_generator.set_state(augment_states[distributed.rank() % len(augment_states)])
         torch.set_rng_state(state["rng"]["torch"])
-        log.info("resuming %s at epoch %d, step %d", out, start_epoch + 1, step)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_NAME, config.to_json())
-    metrics = MetricsLog(out / METRICS_NAME, keep_through_step=step if resume else None) if is_main else None
-    monitor = KnnMonitor(config, device) if config.knn_every and is_main else None
+        log.info("resuming %s at epoch %d, step %d", self.out, self.epoch + 1, self.step)
 
-    network: nn.Module = model
-    if world > 1:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        network = torch.compile(network)
-
-    def checkpoint(epoch: int) -> None:
-        """Rank 0 saves everything needed to continue exactly from here (all ranks' augmentation RNGs)."""
-        augment_states = _gather_generator_states(augment_generator)
-        if not is_main:
+    def save(self, epoch: int) -> None:
+        """Save everything needed to continue exactly from here. Collective: every rank calls it, rank 0 writes."""
+        augment_states = _gather_generator_states(self.augment_generator)
+        if not self.is_main:
             return
-        save_checkpoint(checkpoint_path, {
-            "config": dataclasses.asdict(config),
-            "encoder": model.encoder.state_dict(),
-            "head": model.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
+        save_checkpoint(self.checkpoint_path, {
+            "config": dataclasses.asdict(self.config),
+            "encoder": self.model.encoder.state_dict(),
+            "head": self.model.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": epoch,
-            "step": step,
+            "step": self.step,
             "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
         })
 
-    # --- loop ---
-    max_steps = min(total_steps, config.max_steps or total_steps)
-    started = last_save = time.monotonic()
-    images_seen, loss_value, accuracy_value = 0, math.nan, math.nan
-    epoch = start_epoch
-    with StopSignals() as signals:
-        for epoch in range(start_epoch, config.epochs):
-            if step >= max_steps:
-                break
-            skip = step - epoch * steps_per_epoch
-            sampler = ResumableSampler(len(dataset), config.seed, epoch, skip * local_batch)
-            batches = epoch_batches(dataset, sampler, local_batch, config.workers, config.seed + epoch,
-                                    pin_memory=device.type == "cuda")
-            with tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not is_main, dynamic_ncols=True, leave=True) as bar:
-                epoch_losses, epoch_accuracies = [], []
-                window_start, window_images = time.monotonic(), 0
-                for images in batches:
-                    if images.numel() == 0:
-                        raise TrainingError(f"{config.data}: no image of a batch of {local_batch} could be decoded "
-                                            "(see the warnings above)")
-                    for group in optimizer.param_groups:
-                        group["lr"] = schedule[step]
-                    view1, view2 = two_views(images.to(device, non_blocking=True))
-                    view1 = view1.contiguous(memory_format=memory_format)
-                    view2 = view2.contiguous(memory_format=memory_format)
-                    with autocast:
-                        loss, accuracy = contrastive_step(network, view1, view2, config.temperature)
-                    optimizer.zero_grad(set_to_none=True)
-                    # Each rank holds its share of the full gradient; DDP averages, so undo its 1/world.
-                    scaler.scale(loss * world).backward()
-                    loss_value, accuracy_value = loss.item(), accuracy.item()
-                    if not math.isfinite(loss_value):
-                        raise TrainingError(
-                            f"loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); stopped. "
-                            f"{checkpoint_path} keeps the last good state; lower --base-lr or use --precision fp32")
-                    scaler.step(optimizer)
-                    scaler.update()
-                    step += 1
-                    images_seen += config.batch_size
-                    window_images += config.batch_size
-                    epoch_losses.append(loss_value)
-                    epoch_accuracies.append(accuracy_value)
-                    bar.update(1)
-                    if step % config.log_every == 0 or step == max_steps:
-                        rate = window_images / max(time.monotonic() - window_start, 1e-9)
-                        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy_value:.3f}",
-                                        lr=f"{schedule[step - 1]:.3g}", img_s=f"{rate:.0f}")
-                        if metrics:
-                            metrics.write({"event": "step", "step": step, "epoch": epoch + 1, "loss": loss_value,
-                                           "contrastive_accuracy": accuracy_value, "lr": schedule[step - 1],
-                                           "images_per_second": rate})
-                        window_start, window_images = time.monotonic(), 0
-                    # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
-                    timer_due = bool(config.save_every_minutes) and (
-                        time.monotonic() - last_save >= 60 * config.save_every_minutes)
-                    stop, timer_due = distributed.any_rank([signals.received is not None, timer_due], device)
-                    if stop:
-                        checkpoint(epoch)
-                        raise TrainingInterrupted(f"stopped by signal after step {step}; saved {checkpoint_path}; "
-                                                  "continue with --resume")
-                    if step >= max_steps:
-                        break
-                    if timer_due:
-                        checkpoint(epoch)
-                        last_save = time.monotonic()
-            if step >= max_steps and step < (epoch + 1) * steps_per_epoch:
-                checkpoint(epoch)  # stopped mid-epoch by --max-steps
-                break
-            checkpoint(epoch + 1)
-            last_save = time.monotonic()
-            record = {"event": "epoch", "step": step, "epoch": epoch + 1,
-                      "loss": sum(epoch_losses) / max(len(epoch_losses), 1),
-                      "contrastive_accuracy": sum(epoch_accuracies) / max(len(epoch_accuracies), 1)}
-            if monitor and (epoch + 1) % config.knn_every == 0:
-                record["knn_top1"] = monitor(model.encoder)
-                log.info("epoch %d: kNN top-1 %.2f%%", epoch + 1, 100 * record["knn_top1"])
-            if metrics:
-                metrics.write(record)
-    wall = time.monotonic() - started
-    if is_main:
-        plot_training_curves(out / METRICS_NAME, out / CURVE_NAME)
-    epochs_completed = step // steps_per_epoch
-    return TrainResult(out, step, epochs_completed, loss_value, accuracy_value, images_seen / max(wall, 1e-9), wall)
+    def train_step(self, images: torch.Tensor) -> tuple[float, float]:
+        """One optimiser step on a uint8 batch [n, 3, H, W]; returns (loss, contrastive accuracy)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule[self.step]
+        view1, view2 = self.two_views(images.to(self.device, non_blocking=True))
+        with self.autocast:
+            loss, accuracy = contrastive_step(self.network, view1.contiguous(memory_format=self.memory_format),
+                                              view2.contiguous(memory_format=self.memory_format),
+                                              self.config.temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Each rank holds its share of the full gradient and DDP averages: scale by the world size to undo that.
+        self.scaler.scale(loss * self.world).backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss became {loss_value} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                                f"stopped. {self.checkpoint_path} keeps the last good state; lower --base-lr or use "
+                                "--precision fp32")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss_value, accuracy.item()
+
+    def run(self) -> TrainResult:
+        """Train to --epochs (or --max-steps), writing config.json, metrics, checkpoints and the curve PNG."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / CONFIG_NAME, self.config.to_json())
+            self.metrics = MetricsLog(self.out / METRICS_NAME, self.step if self.resumed else None)
+        started = time.monotonic()
+        first_step = self.step
+        loss = accuracy = math.nan
+        with StopSignals() as signals:
+            while self.epoch < self.config.epochs and self.step < self.max_steps:
+                loss, accuracy = self._run_epoch(signals)
+        wall = time.monotonic() - started
+        if self.is_main:
+            plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME)
+        images = (self.step - first_step) * self.config.batch_size
+        return TrainResult(self.out, self.step, self.step // self.steps_per_epoch, loss, accuracy,
+                           images / max(wall, 1e-9), wall)
+
+    def _run_epoch(self, signals: StopSignals) -> tuple[float, float]:
+        """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last (loss, accuracy)."""
+        config, epoch = self.config, self.epoch
+        skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
+        sampler = ResumableSampler(len(self.dataset), config.seed, epoch, skip * self.local_batch)
+        batches = epoch_batches(self.dataset, sampler, self.local_batch, config.workers, config.seed + epoch,
+                                pin_memory=self.device.type == "cuda")
+        losses, accuracies = [], []
+        last_save = window_start = time.monotonic()
+        window_steps = 0
+        with tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
+                  disable=not self.is_main, dynamic_ncols=True) as bar:
+            for images in batches:
+                if images.numel() == 0:
+                    raise TrainingError(f"{config.data}: no image of a batch of {self.local_batch} could be "
+                                        "decoded (see the warnings above)")
+                loss, accuracy = self.train_step(images)
+                losses.append(loss)
+                accuracies.append(accuracy)
+                window_steps += 1
+                bar.update(1)
+                if self.step % config.log_every == 0 or self.step == self.max_steps:
+                    rate = window_steps * config.batch_size / max(time.monotonic() - window_start, 1e-9)
+                    lr = self.schedule[self.step - 1]
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                    self._record({"event": "step", "step": self.step, "epoch": epoch + 1, "loss": loss,
+                                  "contrastive_accuracy": accuracy, "lr": lr, "images_per_second": rate})
+                    window_start, window_steps = time.monotonic(), 0
+                # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
+                timer_due = bool(config.save_every_minutes) and (
+                    time.monotonic() - last_save >= 60 * config.save_every_minutes)
+                stop, timer_due = distributed.any_rank([signals.received is not None, timer_due], self.device)
+                if stop:
+                    self.save(epoch)
+                    raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved "
+                                              f"{self.checkpoint_path}; continue with --resume")
+                if self.step >= self.max_steps:
+                    break
+                if timer_due:
+                    self.save(epoch)
+                    last_save = time.monotonic()
+        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by --max-steps
+            self.save(epoch)
+            return loss, accuracy
+        self.epoch += 1
+        self.save(self.epoch)
+        record = {"event": "epoch", "step": self.step, "epoch": self.epoch, "loss": sum(losses) / len(losses),
+                  "contrastive_accuracy": sum(accuracies) / len(accuracies)}
+        if self.monitor and self.epoch % config.knn_every == 0:
+            record["knn_top1"] = self.monitor(self.model.encoder)
+            log.info("epoch %d: kNN top-1 %.2f%%", self.epoch, 100 * record["knn_top1"])
+        self._record(record)
+        return loss, accuracy
+
+    def _record(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
 
 
 def _gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:

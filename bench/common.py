@@ -1,0 +1,58 @@
+"""Helpers the benchmarks share: timing with medians, machine description, CIFAR-10 location, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SIMCLR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def cifar_root(cache: Path = REPO / ".cache" / "data") -> Path:
+    """cifar-10-batches-py written by ../shared/data/cifar10.py into `cache` (once)."""
+    script = SHARED_DATA / "cifar10.py"
+    if not script.is_file():
+        sys.exit(f"bench: CIFAR-10 copy not found at {SHARED_DATA} (set SIMCLR_SHARED_DATA)")
+    subprocess.run([sys.executable, str(script), "batches", str(cache)], check=True, capture_output=True)
+    return cache
+
+
+def median_rate(run: Callable[[], int], repeats: int) -> dict:
+    """Call `run` (which returns how many items it processed) `repeats` times; items/s per run and their median."""
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        items = run()
+        rates.append(items / (time.perf_counter() - started))
+    return {"median": statistics.median(rates), "runs": rates}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as file:
+        for line in file:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(payload: dict, out: Path | None) -> None:
+    text = json.dumps(payload, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

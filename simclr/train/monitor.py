@@ -1,0 +1,67 @@
+"""What a run reports: metrics.jsonl lines and the kNN monitor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simclr.data.datasets import TORCHVISION_DATASETS, labelled_splits
+from simclr.evaluate.knn import knn_top1
+from simclr.train.checkpoint import atomic_write_text
+from simclr.train.config import TrainConfig
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line. On resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_through_step: int | None) -> None:
+        self.path = path
+        if keep_through_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_through_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif keep_through_step is None:
+            path.write_text("")
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+class KnnMonitor:
+    """kNN top-1 of the current encoder on a labelled set (train subset as memory, test subset as queries)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        source = config.knn_data or config.data
+        if source not in TORCHVISION_DATASETS and not (Path(source) / "train").is_dir():
+            raise ValueError(f"--knn-every needs labelled data: --knn-data cifar10|cifar100|stl10 or a folder with "
+                             f"train/ and test/ class folders (got {source})")
+        train, test = labelled_splits(source, config.data_root, config.augment.image_size)
+        self.train = train.subset(config.knn_samples, config.seed)
+        self.test = test.subset(max(1, config.knn_samples // 5), config.seed)
+        self.num_classes = len(train.classes) or int(train.labels.max()) + 1
+        self.image_size = config.augment.image_size
+        self.device = device
+
+    @torch.no_grad()
+    def _features(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for start in range(0, len(images), 512):
+            batch = images[start:start + 512].to(self.device).float() / 255.0
+            if batch.shape[-1] != self.image_size:
+                batch = F.interpolate(batch, size=self.image_size, mode="bilinear", antialias=True)
+            rows.append(encoder.features(batch).float().cpu())
+        return torch.cat(rows)
+
+    def __call__(self, encoder: nn.Module) -> float:
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            return knn_top1(self._features(encoder, self.train.images), self.train.labels,
+                            self._features(encoder, self.test.images), self.test.labels, self.num_classes)
+        finally:
+            encoder.train(was_training)
