@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SIMCLR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -46,14 +49,64 @@ def cifar_folders() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(cifar_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run directory of the session's tiny encoder, trained once through the real CLI (well under a minute)."""
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 small real image files (JPEG and PNG, mixed sizes) in nested folders."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(24):
+        folder = root / f"group{index % 3}"
+        folder.mkdir(exist_ok=True)
+        size = (20 + index % 5 * 4, 18 + index % 3 * 6)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.{'jpg' if index % 2 else 'png'}")
+    return root
+
+
+def train_cli(*args: str) -> Path:
+    """Run `simclr train` in-process; fail the test with its output when it fails."""
     from typer.testing import CliRunner
 
     from simclr.cli.app import app
 
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    result = CliRunner().invoke(app, ["train", "--data", str(cifar_folders / "train"), "--out", str(out),
-                                      *TINY_TRAIN_ARGS])
+    result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
-    return out
+    return Path(args[args.index("--out") + 1])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cifar_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directory of the session's tiny encoder, trained once through the real CLI (well under a minute)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return train_cli("--data", str(cifar_folders / "train"), "--out", str(out), *TINY_TRAIN_ARGS)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_run: Path, cifar_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding the tiny encoder as `tiny` version 1, and a 1-step run of another seed as
+    version 2 (different weights), with max_batch_size 8 so that clients must split batches."""
+    from simclr.export.repository import ServingOptions, export_to_repository
+
+    repo = tmp_path_factory.mktemp("repo")
+    other = train_cli("--data", str(cifar_folders / "train"), "--out", str(tmp_path_factory.mktemp("other") / "run"),
+                      *TINY_TRAIN_ARGS, "--seed", "1", "--max-steps", "1")
+    options = ServingOptions(max_batch_size=8, preferred_batch_sizes=(4, 8), instances=1)
+    export_to_repository(tiny_run, repo, "tiny", options)
+    export_to_repository(other, repo, "tiny", options)
+    return repo
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real Triton Inference Server on free ports, serving `tiny_repo`, for the whole session."""
+    from simclr.server.launcher import ServerOptions, TritonServer
+
+    options = ServerOptions(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            log_file=tmp_path_factory.mktemp("triton") / "triton.log", onnxruntime_threads=1)
+    with TritonServer(options) as server:
+        yield server

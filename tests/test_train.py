@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,20 +22,6 @@ from simclr.train.loop import TrainingError, train
 
 SMALL = ["--width", "0.0625", "--image-size", "16", "--batch-size", "8", "--epochs", "3", "--workers", "0",
          "--warmup-epochs", "1", "--log-every", "1"]
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 small real image files (JPEG and PNG, mixed sizes) in nested folders."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index in range(24):
-        folder = root / f"group{index % 3}"
-        folder.mkdir(exist_ok=True)
-        size = (20 + index % 5 * 4, 18 + index % 3 * 6)
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index:02d}.{'jpg' if index % 2 else 'png'}")
-    return root
 
 
 def _invoke(*args: str):

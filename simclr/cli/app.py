@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from simclr.cli.export import export_command
+from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
 
 app = typer.Typer(help="SimCLR as a tool: train an image encoder without labels, export, serve, embed, search.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 app.command("train")(train_command)
+app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 @app.command("demo")

@@ -1,0 +1,62 @@
+"""`simclr serve`: run Triton Inference Server on a model repository until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simclr.cli.common import fail, setup_logging, user_errors
+from simclr.server.launcher import ServerError, ServerOptions, TritonServer
+
+Option = typer.Option
+
+
+def serve_command(
+    repo: Annotated[Path, Option(help="Triton model repository.")] = Path("model_repository"),
+    host: Annotated[str, Option(help="Address to bind (0.0.0.0 for every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, Option(help="Prometheus metrics port.")] = 8002,
+    instances: Annotated[int | None, Option(help="Instances per model. [default: as each config.pbtxt says]")
+                         ] = None,
+    log_file: Annotated[Path | None, Option(help="Server log. [default: simclr-triton-<pid>.log in the temp "
+                                                 "folder]")] = None,
+    ready_timeout: Annotated[float, Option(help="Seconds to wait for every model to be ready.")] = 120.0,
+    health_every: Annotated[float, Option(help="Seconds between health checks, each a real inference per model; "
+                                               "a failed check stops the server with status 1 (0: never).")] = 30.0,
+) -> None:
+    """Serve every model of the repository on Triton Inference Server (HTTP, gRPC, metrics) until stopped.
+
+    Uses a tritonserver on PATH that has the onnxruntime backend, else the server of the nvidia-pytriton wheel
+    (its python backend runs each ONNX model with ONNX Runtime; clients see the same models either way).
+    """
+    setup_logging()
+    options = ServerOptions(Path(repo), host, http_port, grpc_port, metrics_port, instances, log_file, ready_timeout)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with user_errors(ServerError):
+        server = TritonServer(options)
+        server.start()
+    try:
+        kind = "nvidia-pytriton's tritonserver (python backend + ONNX Runtime)" if server.binary.embedded else \
+            f"{server.binary.path} (onnxruntime backend)"
+        typer.echo(f"serving {', '.join(server.names)} from {repo} with {kind}", err=True)
+        typer.echo(f"  HTTP    http://{server.http_url}\n  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
+                   f"  log     {server.log_file}\nstop with Ctrl-C or SIGTERM")
+        checked = time.monotonic()
+        while not stop.wait(0.5):
+            if not server.running():
+                raise fail(f"tritonserver exited with status {server.process.returncode}; log {server.log_file}")
+            if time.monotonic() - checked > health_every > 0:
+                with user_errors(ServerError):
+                    server.check_inference()
+                checked = time.monotonic()
+    finally:
+        server.stop()
+    typer.echo("stopped", err=True)

@@ -1,0 +1,46 @@
+"""The Encoder protocol: uint8 images [N, H, W, 3] in, float32 embeddings [N, D] out, plus the model's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class EncoderError(RuntimeError):
+    """An encoder that cannot run: server down, model missing, input that does not fit."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model made an embedding: enough to refuse mixing features of different models."""
+
+    name: str
+    version: str
+    sha256: str  # of the ONNX file; "" when the server does not say
+    image_size: int
+    embedding_dim: int
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "image_size": self.image_size,
+                "embedding_dim": self.embedding_dim}
+
+
+class Encoder(Protocol):
+    identity: ModelIdentity
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] RGB (S = identity.image_size) -> float32 [N, D]."""
+        ...
+
+
+def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:
+    """The batch as a C-contiguous uint8 array, or EncoderError saying what shape the model expects."""
+    images = np.asarray(images)
+    size = identity.image_size
+    if images.dtype != np.uint8:
+        raise EncoderError(f"images are {images.dtype}; model {identity.name} takes uint8 RGB")
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise EncoderError(f"images have shape {images.shape}; model {identity.name} takes [N, {size}, {size}, 3]")
+    return np.ascontiguousarray(images)

@@ -1,0 +1,69 @@
+"""The in-process encoder: an exported ONNX model run by ONNX Runtime (CUDA when available, else CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from simclr.embed.encoder import EncoderError, ModelIdentity, check_batch
+from simclr.export.layout import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, sha256_of, versions
+
+MODEL_ENVIRONMENT = "SIMCLR_MODEL"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model_repository" / "simclr_resnet18"
+
+
+def resolve_model(model: Path | None) -> Path:
+    """The ONNX file for --model PATH (a model directory, a version directory or a .onnx file), else
+    $SIMCLR_MODEL, else the default model of the source tree; FileNotFoundError says how to get one."""
+    if model is None and os.environ.get(MODEL_ENVIRONMENT):
+        model = Path(os.environ[MODEL_ENVIRONMENT])
+    if model is None:
+        if not DEFAULT_MODEL.is_dir():
+            raise FileNotFoundError("no model: pass --model PATH or set $SIMCLR_MODEL to an exported model "
+                                    "(simclr train, then simclr export RUN_DIR --repo model_repository --name NAME)")
+        model = DEFAULT_MODEL
+    model = Path(model)
+    if model.is_file():
+        return model
+    if (model / MODEL_FILE).is_file():
+        return model / MODEL_FILE
+    found = versions(model)
+    if found:
+        return model / str(found[-1]) / MODEL_FILE
+    raise FileNotFoundError(f"--model {model}: not a .onnx file, a version directory or a model directory")
+
+
+class OnnxEncoder:
+    """Encoder over ONNX Runtime. `device`: auto (CUDA if onnxruntime-gpu has it), cpu or cuda."""
+
+    def __init__(self, model: Path | None = None, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime
+
+        self.path = resolve_model(model)
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = onnxruntime.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise EncoderError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu "
+                               "in place of onnxruntime)")
+        use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+            raise EncoderError(f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "image_size" not in props or "embedding_dim" not in props:
+            raise EncoderError(f"{self.path}: not a simclr encoder (no image_size/embedding_dim metadata)")
+        self.metadata = dict(props)
+        version = self.path.parent.name if self.path.parent.name.isdigit() else ""
+        name = self.path.parent.parent.name if version else self.path.stem
+        self.identity = ModelIdentity(name, version, sha256_of(self.path), int(props["image_size"]),
+                                      int(props["embedding_dim"]))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        images = check_batch(images, self.identity)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]

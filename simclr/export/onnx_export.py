@@ -1,0 +1,140 @@
+"""Export encoder f (without head g) to ONNX: uint8 NHWC images in, float32 embeddings out, checked for parity."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, sha256_of
+from simclr.train.checkpoint import CHECKPOINT_NAME, default_mode, load_checkpoint
+from simclr.train.config import TrainConfig
+from simclr.train.model import ResNetEncoder
+
+OPSET = 17
+FP32_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch
+FP16_TOLERANCE = 2e-2  # max abs difference relative to the largest embedding value, for --fp16
+
+
+class ExportError(ValueError):
+    """The export could not produce a model that matches the checkpoint."""
+
+
+class UInt8Encoder(nn.Module):
+    """The served encoder: uint8 [N, H, W, 3] RGB -> float32 h [N, D]. Cast, scaling and NHWC->NCHW happen here,
+    the mean/std normalisation inside `encoder`, so a client sends raw pixels and cannot get them wrong."""
+
+    def __init__(self, encoder: ResNetEncoder, half: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder.half() if half else encoder
+        self.half = half
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = image.permute(0, 3, 1, 2).float() / 255.0
+        if self.half:
+            pixels = pixels.half()
+        return self.encoder.features(pixels).float()
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    path: Path
+    metadata: dict[str, str]
+    max_abs_diff: float
+    tolerance: float
+
+
+def resolve_checkpoint(source: Path) -> Path:
+    """A checkpoint file, or a run directory's last.pt; FileNotFoundError names what is missing."""
+    source = Path(source)
+    if source.is_dir():
+        source = source / CHECKPOINT_NAME
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such checkpoint (give a last.pt or a run directory holding one)")
+    return source
+
+
+def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
+    """Encoder f (eval mode) and the run's config from a training checkpoint."""
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    encoder = ResNetEncoder(config.model)
+    encoder.load_state_dict(state["encoder"])
+    return encoder.eval(), config
+
+
+def model_metadata(config: TrainConfig, encoder: ResNetEncoder, checkpoint_sha256: str, fp16: bool) -> dict[str, str]:
+    """What a user of the exported model needs to know, as strings (ONNX metadata_props, Triton parameters)."""
+    recipe = {"data": config.data, "preset": config.preset, "epochs": config.epochs, "batch_size": config.batch_size,
+              "temperature": config.temperature, "optimizer": config.optim.optimizer, "base_lr": config.optim.base_lr,
+              "color_strength": config.augment.color_strength, "blur_p": config.augment.blur_p,
+              "head_out": config.model.head_out, "seed": config.seed}
+    return {
+        "image_size": str(config.augment.image_size),
+        "embedding_dim": str(encoder.feature_dim),
+        "architecture": config.model.arch,
+        "width": str(config.model.width),
+        "cifar_stem": str(config.model.cifar_stem).lower(),
+        "mean": json.dumps(list(config.model.mean)),
+        "std": json.dumps(list(config.model.std)),
+        "precision": "fp16" if fp16 else "fp32",
+        "recipe": json.dumps(recipe, sort_keys=True),
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+
+
+def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, parity_batch: int = 8) -> ExportedModel:
+    """Write encoder f of `checkpoint` to `out_path` as ONNX (opset 17, dynamic batch) and check parity.
+
+    Parity: ONNX Runtime against the PyTorch encoder on one seeded uint8 batch; max abs difference at most 1e-4
+    (with fp16: 2e-2 of the largest embedding value), else ExportError with the measured difference and nothing
+    written at `out_path`.
+    """
+    import onnx
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, config = load_encoder(checkpoint)
+    metadata = model_metadata(config, encoder, sha256_of(checkpoint), fp16)
+    size = config.augment.image_size
+    reference_model = UInt8Encoder(encoder)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (parity_batch, size, size, 3), dtype=np.uint8))
+    with torch.no_grad():
+        reference = reference_model(images).numpy()
+    exported = UInt8Encoder(ResNetEncoder(config.model).eval(), half=fp16)
+    exported.encoder.load_state_dict(encoder.state_dict())
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
+        draft = Path(scratch) / "model.onnx"
+        with warnings.catch_warnings():
+            # The TorchScript exporter is the documented choice here (DESIGN.md); its deprecation notice is noise.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(exported, (images,), str(draft), input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        model = onnx.load(str(draft))
+        onnx.helper.set_model_props(model, metadata)
+        onnx.save(model, str(draft))
+        actual = run_onnx(draft, images.numpy())
+        difference = float(np.abs(actual - reference).max())
+        tolerance = FP16_TOLERANCE * float(np.abs(reference).max()) if fp16 else FP32_TOLERANCE
+        if not difference <= tolerance:
+            raise ExportError(f"parity check failed: ONNX Runtime differs from PyTorch by {difference:.3g} "
+                              f"(max abs; tolerance {tolerance:.3g}); nothing was written")
+        draft.chmod(default_mode())
+        draft.replace(out_path)
+    return ExportedModel(out_path, metadata, difference, tolerance)
+
+
+def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    """Embeddings of a uint8 batch through ONNX Runtime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]

@@ -1,0 +1,145 @@
+"""The Triton model repository: <repo>/<name>/config.pbtxt and <repo>/<name>/<version>/model.onnx."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from simclr.export.layout import (
+    CONFIG_FILE,
+    INPUT_NAME,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    sha256_of,
+    sha256_parameter,
+    versions,
+)
+from simclr.export.onnx_export import ExportedModel, export_onnx
+from simclr.train.checkpoint import atomic_write_text, default_mode
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How Triton batches and runs the model (written to config.pbtxt)."""
+
+    max_batch_size: int = 256
+    preferred_batch_sizes: tuple[int, ...] = (64, 128, 256)
+    max_queue_delay_microseconds: int = 1000
+    instances: int = 1
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    name: str
+    version: int
+    model_path: Path
+    config_path: Path
+    export: ExportedModel
+
+
+def check_model_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    return name
+
+
+def triton_config(name: str, metadata: dict[str, str], options: ServingOptions, backend: str = "onnxruntime",
+                  instance_kind: str = "KIND_AUTO") -> str:
+    """config.pbtxt text for the official Triton container, serving every version (older ones on request).
+
+    `metadata` becomes string parameters (the ONNX metadata plus each version's onnx_sha256_v<N>).
+    """
+    size, dim = int(metadata["image_size"]), int(metadata["embedding_dim"])
+    preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or [options.max_batch_size]
+    parameters = "\n".join(
+        f'parameters {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}'
+        for key, value in sorted(metadata.items()))
+    return f"""name: "{name}"
+backend: "{backend}"
+max_batch_size: {options.max_batch_size}
+version_policy: {{ all {{ }} }}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_UINT8
+    dims: [ {size}, {size}, 3 ]
+  }}
+]
+output [
+  {{
+    name: "{OUTPUT_NAME}"
+    data_type: TYPE_FP32
+    dims: [ {dim} ]
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {", ".join(str(b) for b in preferred)} ]
+  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}
+}}
+instance_group [
+  {{
+    count: {options.instances}
+    kind: {instance_kind}
+  }}
+]
+{parameters}
+"""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def export_to_repository(checkpoint: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),
+                         fp16: bool = False) -> RepositoryModel:
+    """Export `checkpoint` as the next version of model `name` in `repo` and (re)write its config.pbtxt.
+
+    The ONNX file is built and checked in a scratch directory inside the model folder and only then renamed to
+    the new version directory, so a failed export leaves the repository as it was; an existing version is never
+    touched. Refuses a checkpoint whose image size or embedding dimension differs from the served versions.
+    """
+    check_model_name(name)
+    if options.max_batch_size < 1 or options.instances < 1:
+        raise ValueError("--max-batch-size and --instances must be at least 1")
+    model_dir = Path(repo) / name
+    created_dir = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=".export-"))
+    try:
+        scratch.chmod(default_mode(directory=True))
+        exported = export_onnx(checkpoint, scratch / MODEL_FILE, fp16=fp16)
+        _check_compatible(model_dir, exported.metadata)
+        version = (versions(model_dir) or [0])[-1] + 1
+        target = model_dir / str(version)
+        scratch.rename(target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if created_dir and not any(model_dir.iterdir()):
+            model_dir.rmdir()
+        raise
+    config_path = model_dir / CONFIG_FILE
+    hashes = {sha256_parameter(v): sha256_of(model_dir / str(v) / MODEL_FILE) for v in versions(model_dir)}
+    atomic_write_text(config_path, triton_config(name, {**exported.metadata, **hashes}, options))
+    return RepositoryModel(name, version, target / MODEL_FILE, config_path,
+                           dataclasses.replace(exported, path=target / MODEL_FILE))
+
+
+def _check_compatible(model_dir: Path, metadata: dict[str, str]) -> None:
+    """All versions of one Triton model share config.pbtxt, so their input and output shapes must agree."""
+    import onnx
+
+    existing = versions(model_dir)
+    if not existing:
+        return
+    served = onnx.load(str(model_dir / str(existing[-1]) / MODEL_FILE), load_external_data=False)
+    props = {prop.key: prop.value for prop in served.metadata_props}
+    for key in ("image_size", "embedding_dim"):
+        if props.get(key) != metadata[key]:
+            raise ValueError(f"{model_dir.name} version {existing[-1]} has {key} {props.get(key)}, this checkpoint "
+                             f"{metadata[key]}; all versions share one config.pbtxt: export under another --name")

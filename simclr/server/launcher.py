@@ -1,0 +1,274 @@
+"""Start and stop a real Triton Inference Server on a model repository.
+
+A `tritonserver` on PATH with the onnxruntime backend (the official container) serves the repository as it is.
+Otherwise the server binary of the nvidia-pytriton wheel is used; it has only the python backend, so each ONNX
+model is served through `onnx_python_model.py` from a generated repository in a work directory (the user's
+repository is never written), with the same model names, versions, inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from simclr.export.layout import CONFIG_FILE, MODEL_FILE, versions
+
+log = logging.getLogger("simclr")
+
+PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
+
+
+class ServerError(RuntimeError):
+    """Triton did not start, or stopped serving."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    repo: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    instances: int | None = None  # None: as each config.pbtxt says
+    log_file: Path | None = None  # None: a file in the system temp folder
+    ready_timeout: float = 120.0
+    onnxruntime_threads: int | None = None  # per instance, embedded server only
+
+
+@dataclass(frozen=True)
+class TritonBinary:
+    path: Path
+    embedded: bool  # the nvidia-pytriton build: python backend only
+
+
+def find_triton() -> TritonBinary:
+    """A tritonserver on PATH that has the onnxruntime backend, else the one in the nvidia-pytriton wheel."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        root = Path(on_path).resolve().parent.parent
+        if (root / "backends" / "onnxruntime").is_dir():
+            return TritonBinary(Path(on_path), embedded=False)
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError("no Triton found: install nvidia-pytriton, or put a tritonserver with the onnxruntime "
+                          "backend on PATH") from None
+    binary = Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise ServerError(f"{binary}: missing from the nvidia-pytriton install")
+    return TritonBinary(binary, embedded=True)
+
+
+def model_names(repo: Path) -> list[str]:
+    """Models of a repository: folders holding config.pbtxt and at least one numeric version."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise FileNotFoundError(f"--repo {repo}: no such folder")
+    names = sorted(child.name for child in repo.iterdir() if (child / CONFIG_FILE).is_file() and versions(child))
+    if not names:
+        raise FileNotFoundError(f"--repo {repo}: no models (expected <name>/config.pbtxt and <name>/1/model.onnx)")
+    return names
+
+
+def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -> Path:
+    """A repository of python-backend models mirroring the ONNX models of `repo` (links, not copies)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    generated = work / "models"
+    for name in model_names(repo):
+        source = repo / name
+        config = text_format.Parse((source / CONFIG_FILE).read_text(), model_config_pb2.ModelConfig())
+        config.name = name
+        config.backend = "python"
+        config.ClearField("platform")
+        if options.instances is not None or not config.instance_group:
+            del config.instance_group[:]
+            config.instance_group.add(count=options.instances or 1)
+        for group in config.instance_group:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+        if options.onnxruntime_threads:
+            config.parameters["onnxruntime_threads"].string_value = str(options.onnxruntime_threads)
+        (generated / name).mkdir(parents=True)
+        (generated / name / CONFIG_FILE).write_text(text_format.MessageToString(config))
+        for version in versions(source):
+            folder = generated / name / str(version)
+            folder.mkdir()
+            shutil.copy(PYTHON_MODEL, folder / "model.py")
+            (folder / MODEL_FILE).symlink_to((source / str(version) / MODEL_FILE).resolve())
+    return generated
+
+
+def _python_backend_dir(binary: TritonBinary, work: Path) -> Path:
+    """backends/python/ as links into the wheel, with the stub built for this Python version."""
+    tritonserver = binary.path.parent.parent
+    stub = tritonserver / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
+        "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no python backend stub for Python "
+                          f"{sys.version_info.major}.{sys.version_info.minor} ({stub})")
+    backend = work / "backends" / "python"
+    backend.mkdir(parents=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        (backend / name).symlink_to(tritonserver / "backends" / "python" / name)
+    (backend / "triton_python_backend_stub").symlink_to(stub)
+    return backend.parent
+
+
+def _embedded_environment(binary: TritonBinary) -> dict[str, str]:
+    """The python stub takes the environment of the first python3 on PATH and needs that interpreter's libpython."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise ServerError(f"numpy {numpy.__version__} is installed; Triton's python backend returns broken outputs "
+                          "with numpy 2: install 'numpy<2' in this environment")
+    environment = dict(os.environ)
+    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    wheel_libs = binary.path.parents[3] / "nvidia_pytriton.libs"
+    library_dirs = [sysconfig.get_config_var("LIBDIR") or "", str(wheel_libs), environment.get("LD_LIBRARY_PATH", "")]
+    environment["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in library_dirs if d)
+    return environment
+
+
+class TritonServer:
+    """A running tritonserver process. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.names = model_names(options.repo)
+        self.binary = find_triton()
+        self.process: subprocess.Popen | None = None
+        self.work: Path | None = None
+        self.log_file = options.log_file or Path(tempfile.gettempdir()) / f"simclr-triton-{os.getpid()}.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.options.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+
+    def start(self) -> TritonServer:
+        """Launch tritonserver and wait until every model is ready; ServerError (with the log's tail) otherwise."""
+        options = self.options
+        self.work = Path(tempfile.mkdtemp(prefix="simclr-triton-"))
+        command = [str(self.binary.path), "--http-address", options.host, "--http-port", str(options.http_port),
+                   "--grpc-address", options.host, "--grpc-port", str(options.grpc_port),
+                   "--metrics-address", options.host, "--metrics-port", str(options.metrics_port),
+                   "--model-control-mode", "none", "--strict-readiness", "true", "--exit-on-error", "true"]
+        environment = dict(os.environ)
+        if self.binary.embedded:
+            command += ["--model-repository", str(_python_backend_repository(Path(options.repo), self.work, options)),
+                        "--backend-directory", str(_python_backend_dir(self.binary, self.work))]
+            environment = _embedded_environment(self.binary)
+        else:
+            command += ["--model-repository", str(Path(options.repo).resolve())]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "wb") as log_output:
+            # A new session: the server gets signals from stop() only, and its children can be stopped together.
+            self.process = subprocess.Popen(command, stdout=log_output, stderr=subprocess.STDOUT, env=environment,
+                                            start_new_session=True)
+        try:
+            self._wait_until_ready()
+            self.check_inference()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.options.ready_timeout
+        pending = list(self.names)
+        while pending:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with status {self.process.returncode} while starting; "
+                                  f"log {self.log_file}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"models {', '.join(pending)} not ready after {self.options.ready_timeout:.0f} s; "
+                                  f"log {self.log_file}:\n{self.log_tail()}")
+            pending = [name for name in pending if not self._http_ok(f"/v2/models/{name}/ready")]
+            if pending:
+                time.sleep(0.2)
+
+    def _http_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def model_metadata(self, name: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{name}", timeout=5) as response:
+            return json.loads(response.read())
+
+    def check_inference(self) -> None:
+        """Run one real inference per model (a model can report ready while its backend is dead); ServerError
+        names the model that failed."""
+        for name in self.names:
+            inputs = self.model_metadata(name)["inputs"][0]
+            shape = [1, *inputs["shape"][1:]]
+            body = {"inputs": [{"name": inputs["name"], "shape": shape, "datatype": inputs["datatype"],
+                                "data": [0] * math.prod(shape)}]}
+            request = urllib.request.Request(f"http://{self.http_url}/v2/models/{name}/infer",
+                                             data=json.dumps(body).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    json.loads(response.read())
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                raise ServerError(f"model {name} is loaded but inference fails ({error}); log {self.log_file}:\n"
+                                  f"{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the server (it unloads models and exits), SIGKILL to its whole process group if it hangs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop within %.0f s; killing it", timeout)
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # stray python stubs, if any
+            self.process.wait()
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

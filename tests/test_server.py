@@ -1,0 +1,137 @@
+"""A real Triton Inference Server (the embedded one) against local ONNX Runtime, versions, bad requests, stopping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from simclr.embed.encoder import EncoderError
+from simclr.embed.onnx_encoder import OnnxEncoder
+from simclr.embed.triton_encoder import TritonEncoder
+
+from conftest import free_port
+
+
+def _images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_equals_local_onnx_runtime(triton, tiny_repo: Path, protocol: str) -> None:
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    images = _images(20)  # over max_batch_size 8: the client splits it into 3 requests
+    with TritonEncoder(url, "tiny", protocol=protocol, max_in_flight=3) as remote:
+        assert remote.identity.version == "2" and remote.max_batch_size == 8
+        remote_embeddings = remote.embed(images)
+    local = OnnxEncoder(tiny_repo / "tiny")
+    assert local.identity == remote.identity
+    np.testing.assert_allclose(remote_embeddings, local.embed(images), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_older_version_answers_on_request(triton, tiny_repo: Path, protocol: str) -> None:
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    images = _images(4, seed=1)
+    with TritonEncoder(url, "tiny", version="1", protocol=protocol) as old:
+        old_embeddings = old.embed(images)
+    np.testing.assert_allclose(old_embeddings, OnnxEncoder(tiny_repo / "tiny" / "1").embed(images), atol=1e-5,
+                               rtol=0)
+    assert np.abs(old_embeddings - OnnxEncoder(tiny_repo / "tiny").embed(images)).max() > 1e-3
+
+
+def _raw_http_request(triton, name: str, array: np.ndarray, datatype: str):
+    client = httpclient.InferenceServerClient(triton.http_url)
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return client.infer("tiny", [tensor])
+
+
+@pytest.mark.parametrize("name,array,datatype", [
+    ("image", np.zeros((2, 32, 32, 3), np.float32), "FP32"),  # wrong dtype
+    ("image", np.zeros((2, 16, 16, 3), np.uint8), "UINT8"),  # wrong shape
+    ("pixels", np.zeros((2, 32, 32, 3), np.uint8), "UINT8"),  # wrong input name
+    ("image", np.zeros((9, 32, 32, 3), np.uint8), "UINT8"),  # over max_batch_size 8
+])
+def test_bad_requests_get_errors_and_the_server_keeps_serving(triton, name, array, datatype) -> None:
+    with pytest.raises(InferenceServerException):
+        _raw_http_request(triton, name, array, datatype)
+    grpc = grpcclient.InferenceServerClient(triton.grpc_url)
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    with pytest.raises(InferenceServerException):
+        grpc.infer("tiny", [tensor])
+    good = _raw_http_request(triton, "image", _images(2), "UINT8").as_numpy("embedding")
+    assert good.shape == (2, 64)
+    triton.check_inference()
+
+
+def test_client_errors_are_clear(triton) -> None:
+    with pytest.raises(EncoderError, match="not reachable"):
+        TritonEncoder(f"127.0.0.1:{free_port()}", "tiny", retry_seconds=0.5)
+    with pytest.raises(EncoderError, match=r"'missing' is not served.*models: tiny"):
+        TritonEncoder(triton.http_url, "missing")
+    with pytest.raises(EncoderError, match="no version 7"):
+        TritonEncoder(triton.grpc_url, "tiny", version="7", protocol="grpc")
+    with TritonEncoder(triton.http_url, "tiny") as remote, pytest.raises(EncoderError, match=r"\[N, 32, 32, 3\]"):
+        remote.embed(np.zeros((2, 24, 24, 3), np.uint8))
+
+
+def _stub_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"triton_python_backend_stub" in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_serve_stops_on_sigterm_and_frees_its_ports(tiny_repo: Path, tmp_path: Path) -> None:
+    ports = [free_port(), free_port(), free_port()]
+    stubs_before = _stub_pids()
+    command = [sys.executable, "-m", "simclr", "serve", "--repo", str(tiny_repo), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "log")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first_line = process.stdout.readline()  # printed once every model is ready
+    assert f"http://127.0.0.1:{ports[0]}" in first_line, process.stderr.read() if process.poll() else first_line
+    with TritonEncoder(f"127.0.0.1:{ports[1]}", "tiny", protocol="grpc") as remote:
+        assert remote.embed(_images(1)).shape == (1, 64)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert all(_port_free(port) for port in ports)
+    deadline = time.monotonic() + 10
+    while _stub_pids() - stubs_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _stub_pids() - stubs_before
+    assert "stopped" in process.stderr.read()
+
+
+def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "simclr", "serve", "--repo", str(tmp_path / "none")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: --repo {tmp_path / 'none'}: no such folder"
