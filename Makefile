@@ -23,8 +23,8 @@ demo: $(STAMP)
 	$(BIN)/simclr demo
 
 bench: $(STAMP)
-	mkdir -p bench/results
-	$(BIN)/python bench/train_throughput.py --out bench/results/train_throughput.json
+	cd bench && ../$(BIN)/python train_throughput.py --out results/train_throughput.json
+	cd bench && ../$(BIN)/python serve_throughput.py --out results/serve_throughput.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -23,6 +23,9 @@ def export_command(
     instances: Annotated[int, Option(help="Model instances Triton runs (instance_group count).")] = 1,
     queue_delay_us: Annotated[int, Option(help="Dynamic batching: longest wait to fill a batch, microseconds.")
                               ] = 1000,
+    dynamic_batching: Annotated[bool, Option("--dynamic-batching/--no-dynamic-batching",
+                                             help="Let Triton merge concurrent requests into larger batches.")
+                                ] = True,
     fp16: Annotated[bool, Option(help="Export the encoder in float16 (inputs and outputs stay uint8/float32); parity "
                                       "tolerance 2e-2 of the largest embedding value instead of 1e-4 absolute.")
                     ] = False,
@@ -35,7 +38,7 @@ def export_command(
     """
     setup_logging()
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
-                             max_queue_delay_microseconds=queue_delay_us)
+                             max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)
     with user_errors(CheckpointError, ExportError):
         model = export_to_repository(checkpoint, repo, name, options, fp16=fp16)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),

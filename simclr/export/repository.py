@@ -32,6 +32,7 @@ class ServingOptions:
     preferred_batch_sizes: tuple[int, ...] = (64, 128, 256)
     max_queue_delay_microseconds: int = 1000
     instances: int = 1
+    dynamic_batching: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def triton_config(name: str, metadata: dict[str, str], options: ServingOptions, 
     """
     size, dim = int(metadata["image_size"]), int(metadata["embedding_dim"])
     preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or [options.max_batch_size]
+    batching = (f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
+                f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n}}\n"
+                if options.dynamic_batching else "")
     parameters = "\n".join(
         f'parameters {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}'
         for key, value in sorted(metadata.items()))
@@ -78,11 +82,7 @@ output [
     dims: [ {dim} ]
   }}
 ]
-dynamic_batching {{
-  preferred_batch_size: [ {", ".join(str(b) for b in preferred)} ]
-  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}
-}}
-instance_group [
+{batching}instance_group [
   {{
     count: {options.instances}
     kind: {instance_kind}
