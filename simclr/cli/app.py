@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from simclr.cli.embed import embed_command
 from simclr.cli.export import export_command
+from simclr.cli.search import index_command, search_command
 from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
 
@@ -13,6 +15,9 @@ app = typer.Typer(help="SimCLR as a tool: train an image encoder without labels,
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
+app.command("embed")(embed_command)
+app.command("index")(index_command)
+app.command("search")(search_command)
 
 
 @app.command("demo")
@@ -22,19 +27,15 @@ def demo_command() -> None:
                "Today: simclr train --help")
 
 
-def _not_built(name: str, part: str) -> None:
-    typer.echo(f"error: {name} is not built yet (part {part}); today the tool trains encoders: simclr train --help",
-               err=True)
-    raise SystemExit(1)
-
-
 def main() -> None:
     app()
 
 
 def embed_main() -> None:
-    _not_built("simclr-embed", "3/5")
+    """The `simclr-embed` script: `simclr embed` on its own."""
+    typer.run(embed_command)
 
 
 def search_main() -> None:
-    _not_built("simclr-search", "3/5")
+    """The `simclr-search` script: `simclr search` on its own."""
+    typer.run(search_command)

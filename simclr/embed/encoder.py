@@ -29,10 +29,19 @@ class ModelIdentity:
 
 class Encoder(Protocol):
     identity: ModelIdentity
+    source: str  # where the model runs: an ONNX file path, or protocol://host:port of a Triton server
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] RGB (S = identity.image_size) -> float32 [N, D]."""
         ...
+
+
+def same_model(recorded: dict, identity: ModelIdentity) -> bool:
+    """Whether `identity` is the model a features file records (by ONNX sha256 where both know it)."""
+    if recorded.get("sha256") and identity.sha256:
+        return recorded["sha256"] == identity.sha256
+    keys = ("name", "version", "image_size", "embedding_dim")
+    return all(str(recorded.get(key)) == str(getattr(identity, key)) for key in keys)
 
 
 def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:
@@ -44,3 +53,21 @@ def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise EncoderError(f"images have shape {images.shape}; model {identity.name} takes [N, {size}, {size}, 3]")
     return np.ascontiguousarray(images)
+
+
+def open_encoder(model: str | None = None, server: str | None = None, protocol: str = "http",
+                 model_name: str | None = None, version: str = "", device: str = "auto",
+                 threads: int | None = None) -> Encoder:
+    """A Triton encoder when `server` (host:port) is given, else ONNX Runtime on `model` (a path; None: the
+    $SIMCLR_MODEL / default-model lookup)."""
+    if server:
+        from simclr.embed.triton_encoder import TritonEncoder
+
+        if not model_name:
+            raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
+        return TritonEncoder(server.removeprefix("http://").removeprefix("grpc://"), model_name, version, protocol)
+    from pathlib import Path
+
+    from simclr.embed.onnx_encoder import OnnxEncoder
+
+    return OnnxEncoder(Path(model) if model else None, device=device, threads=threads)

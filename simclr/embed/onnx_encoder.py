@@ -41,7 +41,8 @@ class OnnxEncoder:
     def __init__(self, model: Path | None = None, device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime
 
-        self.path = resolve_model(model)
+        self.path = resolve_model(model).resolve()
+        self.source = str(self.path)
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -35,6 +35,7 @@ class TritonEncoder:
         if protocol not in PROTOCOLS:
             raise EncoderError(f"--protocol {protocol!r}: http or grpc")
         self.url, self.model_name, self.protocol = url, model_name, protocol
+        self.source = f"{protocol}://{url}"
         self.retry_seconds = retry_seconds
         self.max_in_flight = max(1, max_in_flight)
         if protocol == "grpc":

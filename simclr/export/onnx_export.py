@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from simclr.atomic import default_mode
 from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, sha256_of
-from simclr.train.checkpoint import CHECKPOINT_NAME, default_mode, load_checkpoint
+from simclr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from simclr.train.config import TrainConfig
 from simclr.train.model import ResNetEncoder
 

@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from simclr.atomic import atomic_write_text, default_mode
 from simclr.export.layout import (
     CONFIG_FILE,
     INPUT_NAME,
@@ -19,7 +20,6 @@ from simclr.export.layout import (
     versions,
 )
 from simclr.export.onnx_export import ExportedModel, export_onnx
-from simclr.train.checkpoint import atomic_write_text, default_mode
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -16,11 +16,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from simclr.atomic import atomic_write_text
 from simclr.data.datasets import training_images
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
-from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, atomic_write_text, load_checkpoint, save_checkpoint
+from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, replace
 from simclr.train.curves import plot_training_curves
 from simclr.train.loss import contrastive_accuracy, nt_xent

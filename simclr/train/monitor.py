@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simclr.atomic import atomic_write_text
 from simclr.data.datasets import TORCHVISION_DATASETS, labelled_splits
 from simclr.evaluate.knn import knn_top1
-from simclr.train.checkpoint import atomic_write_text
 from simclr.train.config import TrainConfig
 
 

@@ -1,0 +1,70 @@
+"""`simclr-embed` (and `simclr embed`): images -> feats.npy + feats.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simclr.cli.common import fail, print_json, setup_logging, user_errors
+from simclr.data.images import NoImagesError
+from simclr.embed.encoder import EncoderError, open_encoder
+from simclr.embed.runner import embed_images
+
+Option = typer.Option
+
+ModelOption = Annotated[str | None, Option("--model", help="Exported model: a model directory (newest version), a "
+                                                           "version directory or a .onnx file. [default: "
+                                                           "$SIMCLR_MODEL, else the default model of the source tree]")]
+ServerOption = Annotated[str | None, Option(help="Embed on a Triton server instead (host:port) with --model-name.")]
+ProtocolOption = Annotated[str, Option(help="Triton protocol: http or grpc.")]
+ModelNameOption = Annotated[str | None, Option(help="The model's name on the Triton server.")]
+ModelVersionOption = Annotated[str, Option(help="Model version on the server. [default: the newest]")]
+DeviceOption = Annotated[str, Option(help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu has it), cpu, cuda.")]
+ThreadsOption = Annotated[int | None, Option(help="ONNX Runtime threads. [default: all cores]")]
+
+
+def embed_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively).")],
+    out: Annotated[Path, Option(help="Features file (float32 [N, D]); the sidecar goes beside it as .jsonl.")
+                   ] = Path("feats.npy"),
+    model: ModelOption = None,
+    server: ServerOption = None,
+    protocol: ProtocolOption = "http",
+    model_name: ModelNameOption = None,
+    model_version: ModelVersionOption = "",
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    batch_size: Annotated[int, Option(help="Images per encoder call.")] = 256,
+    workers: Annotated[int | None, Option(help="Decoding processes (0: decode in this process). [default: all "
+                                               "cores]")] = None,
+    normalize: Annotated[bool, Option("--normalize/--no-normalize", help="L2-normalise each row.")] = False,
+    resume: Annotated[bool, Option(help="Continue an interrupted run of the same command from where it stopped.")
+                      ] = False,
+    strict: Annotated[bool, Option(help="Exit with status 1 when any image cannot be decoded (the outputs are "
+                                        "still written).")] = False,
+    json_output: Annotated[bool, Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Embed image files and folders with the encoder: writes feats.npy (row i = image i) and feats.jsonl.
+
+    Unreadable images are skipped, recorded with their reason in the sidecar and counted in the summary.
+    """
+    setup_logging()
+    with user_errors(EncoderError, NoImagesError):
+        encoder = open_encoder(model, server, protocol, model_name, model_version, device, threads)
+        result = embed_images(images, out, encoder, batch_size, workers, normalize, resume)
+    summary = {"features": str(result.features), "sidecar": str(result.sidecar), "rows": result.rows,
+               "failed": result.failed, "failures": [{"path": p, "error": e} for p, e in result.failures],
+               "seconds": result.seconds, "images_per_second": result.images_per_second,
+               "model": encoder.identity.as_dict()}
+    if json_output:
+        print_json(summary)
+    else:
+        for path, error in result.failures:
+            typer.echo(f"skipped {path}: {error}", err=True)
+        typer.echo(f"embedded {result.rows} images ({result.failed} failed) with {encoder.identity.name} "
+                   f"v{encoder.identity.version} in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s) "
+                   f"-> {result.features}, {result.sidecar}")
+    if strict and result.failed:
+        raise fail(f"--strict: {result.failed} images could not be decoded (listed in {result.sidecar})")

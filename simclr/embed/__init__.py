@@ -1,0 +1,1 @@
+"""Embedding: the Encoder protocol and its implementations, the folder -> feats.npy pipeline, the feats format."""

@@ -1,0 +1,63 @@
+"""Folder -> embeddings: reader (decode in workers) -> encoder -> writer, joined with a progress bar."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from simclr.embed.encoder import Encoder
+from simclr.embed.reader import decoded_batches, scan_inputs
+from simclr.embed.writer import FeatureWriter
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    features: Path
+    sidecar: Path
+    rows: int
+    failed: int
+    failures: list[tuple[str, str]]  # (path, reason), this run's
+    seconds: float
+    images_per_second: float
+
+
+def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size: int = 256,
+                 workers: int | None = None, normalize: bool = False, resume: bool = False,
+                 progress: bool = True) -> EmbedResult:
+    """Embed every image named or found below `inputs` into `out` (feats.npy) and its sidecar (feats.jsonl).
+
+    Decoding runs in `workers` processes, ahead of the encoder; rows stream to disk, so memory stays bounded.
+    With `normalize` each row is L2-normalised. `resume` continues an interrupted run of the same command.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be at least 1")
+    entries = scan_inputs(inputs)
+    header = {"model": {**encoder.identity.as_dict(), "source": encoder.source},
+              "inputs": [str(p) for p in inputs], "cwd": os.getcwd(), "normalized": normalize,
+              "images": len(entries)}
+    started = time.perf_counter()
+    failures: list[tuple[str, str]] = []
+    with FeatureWriter(out, encoder.identity.embedding_dim, header, resume) as writer:
+        remaining = entries[writer.done:]
+        bar = tqdm(total=len(entries), initial=writer.done, unit="img", desc="embedding", disable=not progress,
+                   dynamic_ncols=True)
+        with bar:
+            for batch in decoded_batches(remaining, encoder.identity.image_size, batch_size, workers):
+                embeddings = encoder.embed(batch.images) if len(batch.images) else \
+                    np.zeros((0, encoder.identity.embedding_dim), np.float32)
+                if normalize and len(embeddings):
+                    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+                writer.write([e.path for e in batch.entries], [e.label for e in batch.entries], embeddings,
+                             batch.errors)
+                failures += [(e.path, error) for e, error in zip(batch.entries, batch.errors, strict=True) if error]
+                bar.update(len(batch.entries))
+        writer.finish()
+    seconds = time.perf_counter() - started
+    return EmbedResult(writer.out, writer.sidecar, writer.rows, writer.failed, failures, seconds,
+                       len(remaining) / max(seconds, 1e-9))

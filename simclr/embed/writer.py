@@ -1,0 +1,132 @@
+"""Writing embeddings: feats.npy (float32 [N, D]) and the feats.jsonl sidecar, streamed and finished atomically.
+
+While a run is going, rows go to `<out>.partial` (raw float32) and records to `<sidecar>.partial`; only a finished
+run turns them into a valid feats.npy (header + rows, renamed into place) and feats.jsonl. An interrupted run leaves
+no file that looks valid, and `resume` continues from the partial files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from simclr.atomic import atomic_write_bytes
+
+SIDECAR_FORMAT = "simclr-embeddings"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(features_path: Path) -> Path:
+    """feats.npy -> feats.jsonl"""
+    return Path(features_path).with_suffix(".jsonl")
+
+
+class FeatureWriter:
+    """Append embeddings and per-image records; `finish()` publishes feats.npy and feats.jsonl."""
+
+    def __init__(self, out: Path, dim: int, header: dict, resume: bool) -> None:
+        self.out = Path(out)
+        if self.out.suffix != ".npy":
+            raise ValueError(f"--out {out}: must end in .npy")
+        self.dim = dim
+        self.sidecar = sidecar_path(self.out)
+        self.rows_partial = Path(f"{self.out}.partial")
+        self.records_partial = Path(f"{self.sidecar}.partial")
+        self.header = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **header}
+        self.rows = 0
+        self.done = 0  # images handled (embedded or failed): where a resumed run starts
+        self.failed = 0
+        if resume and self._resumable():
+            self._reopen()
+        else:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.rows_partial.write_bytes(b"")
+            self.records_partial.write_text(json.dumps(self.header) + "\n")
+        # Open for the writer's lifetime; close() and finish() close them (the writer is a context manager).
+        self._rows_file = open(self.rows_partial, "ab")  # noqa: SIM115
+        self._records_file = open(self.records_partial, "a")  # noqa: SIM115
+
+    def _resumable(self) -> bool:
+        if not (self.rows_partial.exists() and self.records_partial.exists()):
+            return False
+        with open(self.records_partial) as file:
+            first = file.readline()
+        try:
+            saved = json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        keys = ("inputs", "cwd", "normalized", "images")
+        model_keys = ("sha256", "name", "version", "embedding_dim")
+        saved_model, model = saved.get("model", {}), self.header.get("model", {})
+        if any(saved.get(key) != self.header.get(key) for key in keys) or \
+                any(saved_model.get(key) != model.get(key) for key in model_keys):
+            raise ValueError(f"{self.records_partial}: the interrupted run used other inputs, model or settings; "
+                             "run without --resume to start over")
+        return True
+
+    def _reopen(self) -> None:
+        """Keep the complete records, and exactly the rows they account for."""
+        lines = self.records_partial.read_text().split("\n")
+        complete = [line for line in lines[1:-1] if line]  # the last piece is "" or a line cut short
+        records = [json.loads(line) for line in complete]
+        self.rows = sum(1 for record in records if record.get("row") is not None)
+        self.failed = len(records) - self.rows
+        self.done = len(records)
+        self.records_partial.write_text("\n".join([lines[0], *complete]) + "\n")
+        with open(self.rows_partial, "r+b") as file:
+            file.truncate(self.rows * self.dim * 4)
+
+    def write(self, paths: list[str], labels: list[str | None], embeddings: np.ndarray, errors: list[str | None]
+              ) -> None:
+        """One batch in input order: `embeddings` [n_ok, D] belong to the entries whose error is None."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (sum(error is None for error in errors), self.dim):
+            raise ValueError(f"embeddings of shape {embeddings.shape} for {len(paths)} images of dimension {self.dim}")
+        self._rows_file.write(embeddings.tobytes())
+        self._rows_file.flush()  # rows first: records never point past the rows on disk
+        lines = []
+        for path, label, error in zip(paths, labels, errors, strict=True):
+            if error is None:
+                record = {"row": self.rows, "path": path, "class": label}
+                self.rows += 1
+            else:
+                record = {"row": None, "path": path, "class": label, "error": error}
+                self.failed += 1
+            lines.append(json.dumps(record))
+        self._records_file.write("\n".join(lines) + "\n")
+        self._records_file.flush()
+        self.done += len(paths)
+
+    def finish(self) -> None:
+        """Publish feats.npy (header + rows, renamed into place) and then feats.jsonl; remove the partial files."""
+        self.close()
+        header_shape = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                        "shape": (self.rows, self.dim)}
+
+        def write_npy(file) -> None:
+            np.lib.format.write_array_header_1_0(file, header_shape)
+            with open(self.rows_partial, "rb") as rows:
+                shutil.copyfileobj(rows, file, 1 << 22)
+
+        self.sidecar.unlink(missing_ok=True)  # never a new feats.npy beside an old sidecar
+        atomic_write_bytes(self.out, write_npy)
+        summary = {"summary": {"rows": self.rows, "failed": self.failed, "dim": self.dim}}
+        with open(self.records_partial, "a") as file:
+            file.write(json.dumps(summary) + "\n")
+        os.replace(self.records_partial, self.sidecar)
+        self.rows_partial.unlink()
+
+    def close(self) -> None:
+        if not self._rows_file.closed:
+            self._rows_file.close()
+            self._records_file.close()
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

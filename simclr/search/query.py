@@ -1,0 +1,82 @@
+"""Searching embedded images: open (or build) the index beside feats.npy, embed queries with the same model, rank."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from simclr.embed.encoder import Encoder, same_model
+from simclr.embed.features import Features, load_features
+from simclr.embed.reader import decode_many, scan_inputs
+from simclr.search.index import build_index, index_path, load_index, save_index, search
+
+log = logging.getLogger("simclr")
+
+
+class ModelMismatchError(ValueError):
+    """The query model is not the model the index was built with."""
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int
+    score: float
+    path: str
+    row: int
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    query: str
+    neighbours: list[Neighbour]
+    error: str | None = None  # the query image could not be decoded
+
+
+def open_index(features_path: Path) -> tuple[Features, object]:
+    """The features and their FAISS index; builds and saves an exact index when there is none yet."""
+    features = load_features(features_path)
+    path = index_path(features_path)
+    if path.exists():
+        index = load_index(path)
+        if index.ntotal != len(features.vectors) or index.d != features.vectors.shape[1]:
+            raise ValueError(f"{path} holds {index.ntotal} vectors of {index.d} dims but {features_path} has "
+                             f"{features.vectors.shape}: rebuild it with `simclr index {features_path}`")
+        return features, index
+    index, report = build_index(features.vectors, kind="flat")
+    save_index(index, path)
+    log.info("built an exact index of %d vectors: %s", report.vectors, path)
+    return features, index
+
+
+def check_model(features: Features, encoder: Encoder) -> None:
+    """Refuse to search with a model other than the one that embedded the index."""
+    if not same_model(features.model, encoder.identity):
+        recorded = features.model
+        raise ModelMismatchError(
+            f"{features.path} was embedded with model {recorded['name']} v{recorded['version']} "
+            f"(sha256 {recorded['sha256'][:12]}), but the query model is {encoder.identity.name} "
+            f"v{encoder.identity.version} (sha256 {encoder.identity.sha256[:12]}); pass the index's model "
+            f"with --model {recorded.get('source', 'PATH')}")
+
+
+def search_images(queries: Sequence[Path], features: Features, index, encoder: Encoder, k: int = 10
+                  ) -> list[QueryResult]:
+    """Embed the query images (files or folders) with `encoder` and return each one's k nearest rows."""
+    check_model(features, encoder)
+    entries = scan_inputs(queries)
+    images, errors = decode_many([entry.path for entry in entries], encoder.identity.image_size)
+    results: list[QueryResult] = []
+    if len(images):
+        scores, rows = search(index, encoder.embed(images), k)
+    decoded = iter(range(len(images)))
+    for entry, error in zip(entries, errors, strict=True):
+        if error:
+            results.append(QueryResult(entry.path, [], error))
+            continue
+        i = next(decoded)
+        neighbours = [Neighbour(rank + 1, float(score), features.paths[row], int(row))
+                      for rank, (score, row) in enumerate(zip(scores[i], rows[i], strict=True)) if row >= 0]
+        results.append(QueryResult(entry.path, neighbours))
+    return results
