@@ -1,0 +1,140 @@
+"""simclr index and simclr-search: retrieval of augmented views, index round trips, recall, refusals, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+from typer.testing import CliRunner
+
+from simclr.cli.app import app
+from simclr.embed.features import load_features
+from simclr.embed.onnx_encoder import OnnxEncoder
+from simclr.embed.runner import embed_images
+from simclr.search.index import build_index, index_path, load_index, save_index, search
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _mild_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A crop keeping 85-100% of each side, resized back, maybe mirrored, with +-5% brightness and saturation."""
+    width, height = image.size
+    side = rng.uniform(0.85, 1.0)
+    crop_w, crop_h = round(width * side), round(height * side)
+    left, top = rng.integers(0, width - crop_w + 1), rng.integers(0, height - crop_h + 1)
+    view = image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)
+    if rng.random() < 0.5:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.95, 1.05))
+    return ImageEnhance.Color(view).enhance(rng.uniform(0.95, 1.05))
+
+
+@pytest.fixture(scope="module")
+def collection(cifar_folders: Path, tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CIFAR-10 test image per class, embedded with the session's tiny encoder (version 1)."""
+    root = tmp_path_factory.mktemp("collection")
+    for folder in sorted((cifar_folders / "test").iterdir()):
+        (root / "images" / folder.name).mkdir(parents=True)
+        Image.open(folder / "0000.jpg").save(root / "images" / folder.name / "0000.png")
+    embed_images([root / "images"], root / "feats.npy", OnnxEncoder(tiny_repo / "tiny" / "1"), workers=0,
+                 progress=False)
+    return root / "feats.npy"
+
+
+def test_mildly_augmented_views_find_their_originals(collection: Path, tmp_path: Path) -> None:
+    originals = load_features(collection).paths
+    rng = np.random.default_rng(0)
+    for index, path in enumerate(originals):
+        _mild_view(Image.open(path).convert("RGB"), rng).save(tmp_path / f"{index:02d}.png")
+    # No --model: the query model is the one recorded in the index's sidecar.
+    result = _cli("search", str(tmp_path), "--index", str(collection), "-k", "1", "--json")
+    assert result.exit_code == 0, result.output
+    found = [entry["neighbours"][0]["path"] for entry in json.loads(result.stdout)["results"]]
+    assert found == originals
+
+
+def test_search_prints_rank_score_path_and_builds_the_missing_index(collection: Path) -> None:
+    index_path(collection).unlink(missing_ok=True)
+    query = load_features(collection).paths[3]
+    result = _cli("search", query, "--index", str(collection), "-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"query {query}"
+    rank, score, path = lines[1].split()
+    assert (rank, path) == ("1", query) and float(score) == pytest.approx(1.0, abs=1e-4)
+    assert len(lines) == 4 and index_path(collection).exists()
+
+
+def test_grid_is_a_contact_sheet(collection: Path, tmp_path: Path) -> None:
+    queries = load_features(collection).paths[:2]
+    result = _cli("search", *queries, "--index", str(collection), "-k", "4", "--grid", str(tmp_path / "grid.png"))
+    assert result.exit_code == 0, result.output
+    sheet = Image.open(tmp_path / "grid.png")
+    assert sheet.size == (5 * 104, 2 * (104 + 16))
+    assert len(set(np.asarray(sheet.convert("L")).ravel().tolist())) > 20  # thumbnails, not a blank sheet
+
+
+def test_a_different_model_is_refused(collection: Path, tiny_repo: Path) -> None:
+    query = load_features(collection).paths[0]
+    result = _cli("search", query, "--index", str(collection), "--model", str(tiny_repo / "tiny" / "2"))
+    assert result.exit_code == 1
+    assert "was embedded with model tiny v1" in result.output and "query model is tiny v2" in result.output
+
+
+def test_stale_index_is_refused(collection: Path, tmp_path: Path) -> None:
+    features = load_features(collection)
+    other = tmp_path / "feats.npy"
+    for suffix in (".npy", ".jsonl"):
+        other.with_suffix(suffix).write_bytes(collection.with_suffix(suffix).read_bytes())
+    index, _ = build_index(np.asarray(features.vectors[:5]), "flat")
+    save_index(index, index_path(other))
+    result = _cli("search", features.paths[0], "--index", str(other))
+    assert result.exit_code == 1 and "rebuild it with `simclr index" in result.output
+
+
+def test_unreadable_query_is_reported_not_fatal(collection: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    result = _cli("search", str(tmp_path / "broken.jpg"), load_features(collection).paths[0],
+                  "--index", str(collection), "-k", "1")
+    assert result.exit_code == 0
+    assert "broken.jpg: unreadable" in result.stdout
+
+
+def test_index_round_trip_gives_the_same_answers(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    index, report = build_index(vectors, "auto")
+    assert report.kind == "flat" and report.recall_at_10 is None
+    save_index(index, tmp_path / "x.faiss")
+    queries = vectors[:7] + 0.01
+    before, after = search(index, queries, 5), search(load_index(tmp_path / "x.faiss"), queries, 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_allclose(before[0], after[0])
+    assert (before[1][:, 0] == np.arange(7)).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((100, 32))
+    vectors = (centres[rng.integers(0, 100, 20_000)] + 0.3 * rng.standard_normal((20_000, 32))).astype(np.float32)
+    np.save(tmp_path / "feats.npy", vectors)
+    header = {"format": "simclr-embeddings", "version": 1, "model": {}}
+    records = [json.dumps({"row": i, "path": f"{i}.png"}) for i in range(len(vectors))]
+    summary = json.dumps({"summary": {"rows": len(vectors), "failed": 0, "dim": 32}})
+    (tmp_path / "feats.jsonl").write_text("\n".join([json.dumps(header), *records, summary]) + "\n")
+    result = _cli("index", str(tmp_path / "feats.npy"), "--kind", kind, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == kind and report["nlist"] > 1 and 1 <= report["nprobe"] <= report["nlist"]
+    assert report["recall_at_10"] >= (0.95 if kind == "ivf" else 0.5)
+    assert load_index(tmp_path / "feats.faiss").ntotal == 20_000
+
+
+def test_index_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    result = _cli("index", str(tmp_path / "nothing.npy"))
+    assert result.exit_code == 1 and "no such features file" in result.output and result.output.count("\n") == 1
