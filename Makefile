@@ -25,6 +25,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	cd bench && ../$(BIN)/python train_throughput.py --out results/train_throughput.json
 	cd bench && ../$(BIN)/python serve_throughput.py --out results/serve_throughput.json
+	cd bench && ../$(BIN)/python embed_throughput.py --out results/embed_throughput.json
+	cd bench && ../$(BIN)/python search.py --out results/search.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

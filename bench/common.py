@@ -27,6 +27,28 @@ def cifar_root(cache: Path = REPO / ".cache" / "data") -> Path:
     return cache
 
 
+def reference_model(work: Path) -> Path:
+    """A ResNet-18 (CIFAR stem, 32 px, full width) trained for one step on a few images (speed does not depend on
+    the weights), in work/run, exported as model `dynamic` of the repository work/repo, which is returned."""
+    import numpy as np
+    from PIL import Image
+
+    from simclr.export.repository import ServingOptions, export_to_repository
+    from simclr.train.config import build_config
+    from simclr.train.loop import train
+
+    images = work / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(16):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    config = build_config("cifar", {"data": str(images), "batch_size": 8, "max_steps": 1, "workers": 0,
+                                    "device": "cpu"})
+    train(config, work / "run")
+    export_to_repository(work / "run", work / "repo", "dynamic", ServingOptions(max_batch_size=256))
+    return work / "repo"
+
+
 def median_rate(run: Callable[[], int], repeats: int) -> dict:
     """Call `run` (which returns how many items it processed) `repeats` times; items/s per run and their median."""
     rates = []

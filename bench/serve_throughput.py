@@ -23,37 +23,17 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from common import machine, write_json
-from PIL import Image
+from common import machine, reference_model, write_json
 
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.export.repository import ServingOptions, export_to_repository
 from simclr.server.launcher import ServerOptions, TritonServer
-from simclr.train.config import build_config
-from simclr.train.loop import train
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def build_repository(work: Path) -> Path:
-    """A ResNet-18 checkpoint (one training step on a few images: the weights do not matter for speed),
-    exported twice: with dynamic batching (`dynamic`) and without (`plain`)."""
-    images = work / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(16):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{index}.png")
-    config = build_config("cifar", {"data": str(images), "batch_size": 8, "max_steps": 1, "workers": 0,
-                                    "device": "cpu"})
-    train(config, work / "run")
-    repo = work / "repo"
-    export_to_repository(work / "run", repo, "dynamic", ServingOptions(max_batch_size=256))
-    export_to_repository(work / "run", repo, "plain", ServingOptions(max_batch_size=256, dynamic_batching=False))
-    return repo
 
 
 def measure_triton(url: str, protocol: str, model: str, batch: np.ndarray, concurrency: int, requests: int) -> dict:
@@ -110,7 +90,9 @@ def main() -> None:
 
     batch = np.random.default_rng(0).integers(0, 256, (args.request_batch, 32, 32, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="simclr-bench-") as scratch:
-        repo = build_repository(Path(scratch))
+        repo = reference_model(Path(scratch))
+        plain = ServingOptions(max_batch_size=256, dynamic_batching=False)
+        export_to_repository(repo.parent / "run", repo, "plain", plain)
         local = OnnxEncoder(repo / "dynamic")
         baseline = median_of([measure_local(local, batch, args.requests) for _ in range(args.repeats)])
         print(f"in-process ONNX Runtime: {baseline['images_per_second']:.0f} images/s", file=sys.stderr)
