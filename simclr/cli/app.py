@@ -6,6 +6,7 @@ import typer
 
 from simclr.cli.embed import embed_command
 from simclr.cli.export import export_command
+from simclr.cli.probe import probe_command
 from simclr.cli.search import index_command, search_command
 from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
@@ -18,6 +19,7 @@ app.command("serve")(serve_command)
 app.command("embed")(embed_command)
 app.command("index")(index_command)
 app.command("search")(search_command)
+app.command("probe")(probe_command)
 
 
 @app.command("demo")

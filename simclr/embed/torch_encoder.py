@@ -34,8 +34,10 @@ class TorchEncoder:
 
     @classmethod
     def random(cls, config: ModelConfig, image_size: int, seed: int = 0, device: str = "cpu") -> TorchEncoder:
+        """Random weights with torchvision's default initialisation (every residual branch active)."""
         torch.manual_seed(seed)
-        return cls(ResNetEncoder(config), image_size, f"random-{config.arch}-w{config.width:g}", device=device)
+        return cls(ResNetEncoder(config, zero_init_residual=False), image_size,
+                   f"random-{config.arch}-w{config.width:g}", device=device)
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> np.ndarray:

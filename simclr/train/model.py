@@ -24,7 +24,7 @@ class ResNetEncoder(nn.Module):
     7x7 stride-2 convolution and max-pool. `width` scales every stage's channels (1.0 = torchvision's).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, zero_init_residual: bool = True) -> None:
         super().__init__()
         if config.arch not in RESNET_LAYOUTS:
             raise ValueError(f"--arch {config.arch!r}: choose one of {', '.join(RESNET_LAYOUTS)}")
@@ -45,7 +45,7 @@ class ResNetEncoder(nn.Module):
             channels = planes * block.expansion
         self.stages = nn.Sequential(*stages)
         self.feature_dim = channels
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
     @staticmethod
     def _stage(block: type[nn.Module], in_channels: int, planes: int, depth: int, stride: int) -> nn.Sequential:
@@ -58,12 +58,14 @@ class ResNetEncoder(nn.Module):
         layers += [block(out_channels, planes) for _ in range(depth - 1)]
         return nn.Sequential(*layers)
 
-    def _init_weights(self) -> None:
-        # As torchvision: He init for convolutions; the last BN of each residual branch starts at zero,
-        # so every block begins as the identity.
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        # He init for convolutions, as torchvision. For training, the last BN of each residual branch starts at
+        # zero (as SimCLR's reference code), so every block begins as the identity.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if not zero_init_residual:
+            return
         for module in self.modules():
             if isinstance(module, Bottleneck):
                 nn.init.zeros_(module.bn3.weight)

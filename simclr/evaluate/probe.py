@@ -1,0 +1,69 @@
+"""Linear probe and weighted kNN on one pair of labelled feature sets, as one report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from simclr.evaluate.knn import knn_top1
+from simclr.evaluate.linear import L2_GRID, linear_probe
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    linear_top1: float
+    linear_top5: float
+    knn_top1: float
+    l2: float
+    validation_top1: dict[float, float]
+    n_train: int
+    n_test: int
+    num_classes: int
+    seconds: float
+    predictions: np.ndarray  # linear classifier's test predictions
+
+
+def evaluate_features(train_features, train_labels, test_features, test_labels, num_classes: int,
+                      l2_grid: tuple[float, ...] = L2_GRID, k: int = 200, temperature: float = 0.1, seed: int = 0,
+                      device: str = "cpu") -> ProbeReport:
+    """The linear evaluation protocol (L2 chosen on held-out train) and the weighted kNN classifier."""
+    started = time.perf_counter()
+    linear = linear_probe(train_features, train_labels, test_features, test_labels, num_classes, l2_grid,
+                          seed=seed, device=device)
+    knn = knn_top1(train_features, train_labels, test_features, test_labels, num_classes, k, temperature)
+    return ProbeReport(linear.top1, linear.top5, knn, linear.l2, linear.validation_top1, len(train_labels),
+                       len(test_labels), num_classes, time.perf_counter() - started, linear.predictions)
+
+
+def confusion_matrix(true_labels, predicted_labels, num_classes: int) -> np.ndarray:
+    """Counts [C, C]: row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true_labels), np.asarray(predicted_labels)), 1)
+    return matrix
+
+
+def plot_confusion(matrix: np.ndarray, classes: tuple[str, ...], path, title: str = "") -> None:
+    """A confusion-matrix PNG with row-normalised colours and counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if len(classes) <= 30:
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if rates[row, column] > 0.5 else "black")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
