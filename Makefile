@@ -19,14 +19,30 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
-	$(BIN)/simclr demo
+# The demo's photos come from scikit-image (the demo extra). With ../shared/data (the CIFAR-10 copy of this
+# project's machines) it also runs the linear probe.
+DEMO_STAMP := $(VENV)/.installed-demo
+SHARED_CIFAR := ../shared/data/cifar10.py
+
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	if [ -f $(SHARED_CIFAR) ]; then \
+		$(BIN)/python $(SHARED_CIFAR) batches .cache/data > /dev/null && \
+		$(BIN)/simclr demo --out demo_output --data-root .cache/data; \
+	else \
+		$(BIN)/simclr demo --out demo_output; \
+	fi
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	cd bench && ../$(BIN)/python train_throughput.py --out results/train_throughput.json
 	cd bench && ../$(BIN)/python serve_throughput.py --out results/serve_throughput.json
 	cd bench && ../$(BIN)/python embed_throughput.py --out results/embed_throughput.json
 	cd bench && ../$(BIN)/python search.py --out results/search.json
+	cd bench && ../$(BIN)/python probe.py --out results/probe.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from simclr.cli.embed import embed_command
@@ -23,10 +26,24 @@ app.command("probe")(probe_command)
 
 
 @app.command("demo")
-def demo_command() -> None:
-    """Run the whole tool end to end on the default model (arrives with part 5/5)."""
-    typer.echo("simclr demo: not built yet (the default model and demo arrive with part 5/5). "
-               "Today: simclr train --help")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo_output"),
+    model: Annotated[Path | None, typer.Option(help="Model to demo. [default: $SIMCLR_MODEL, else the default "
+                                                    "model of the source tree]")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py: also run the linear "
+                                                        "probe. [default: skip it]")] = None,
+    probe_train: Annotated[int, typer.Option(help="CIFAR-10 train images for the demo's probe (the test split is "
+                                                  "used whole).")] = 10_000,
+) -> None:
+    """Run the whole tool end to end: embed photos, index, search with augmented views, serve on Triton, probe."""
+    from simclr.cli.common import setup_logging, user_errors
+    from simclr.demo import run_demo
+    from simclr.embed.encoder import EncoderError
+    from simclr.server.launcher import ServerError
+
+    setup_logging()
+    with user_errors(EncoderError, ServerError):
+        run_demo(out, model, data_root, probe_train, say=typer.echo)
 
 
 def main() -> None:

@@ -1,0 +1,184 @@
+"""`simclr demo`: the whole tool, end to end, on real photos and the default model.
+
+photos (scikit-image's sample images) -> simclr-embed -> simclr index -> search with augmented views -> grid PNG
+-> the same photos through Triton (HTTP and gRPC) against local ONNX Runtime -> (with CIFAR-10) the linear probe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from simclr.data.images import load_image
+from simclr.embed.encoder import ModelIdentity
+from simclr.embed.features import load_features
+from simclr.embed.onnx_encoder import OnnxEncoder, resolve_model
+from simclr.embed.runner import embed_images
+from simclr.search.grid import neighbour_grid
+from simclr.search.index import build_index, index_path, save_index
+from simclr.search.query import search_images
+
+# Photographs and scans among scikit-image's sample images (skimage/data, shipped in its wheel).
+SAMPLE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
+                 "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png",
+                 "retina.jpg", "rocket.jpg")
+
+
+@dataclass
+class DemoReport:
+    out: Path
+    photos: int = 0
+    retrieval_top1: float = 0.0
+    triton_max_abs_diff: dict[str, float] = field(default_factory=dict)
+    probe: dict | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def gather_photos(folder: Path) -> list[Path]:
+    """Copy scikit-image's sample photos into `folder` (needs the `demo` extra: pip install 'simclr[demo]')."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the demo's photos come from scikit-image: pip install 'simclr[demo]' "
+                                "(or run `make demo`)")
+    source = Path(spec.origin).parent / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in SAMPLE_PHOTOS:
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+            copied.append(folder / name)
+    if not copied:
+        raise FileNotFoundError(f"{source}: none of scikit-image's sample photos found")
+    return copied
+
+
+def augmented_view(path: Path, rng: np.random.Generator) -> Image.Image:
+    """A view a user might search with: a crop keeping 70-90% of each side, mirrored, a little brighter or darker."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    width, height = image.size
+    side = rng.uniform(0.7, 0.9)
+    crop_w, crop_h = int(width * side), int(height * side)
+    left, top = rng.integers(0, width - crop_w + 1), rng.integers(0, height - crop_h + 1)
+    view = image.crop((left, top, left + crop_w, top + crop_h)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return ImageEnhance.Brightness(view).enhance(rng.uniform(0.85, 1.15))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIdentity, local: np.ndarray,
+                        log_file: Path) -> dict[str, float]:
+    """Serve `model_dir` on a real Triton, embed `photos` over HTTP and gRPC; max abs difference to `local`."""
+    from simclr.embed.triton_encoder import TritonEncoder
+    from simclr.server.launcher import ServerOptions, TritonServer
+
+    images = np.stack([load_image(path, identity.image_size) for path in photos])
+    repo = model_dir.parent
+    options = ServerOptions(repo, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+                            log_file=log_file)
+    differences = {}
+    with TritonServer(options) as server:
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            with TritonEncoder(url, model_dir.name, identity.version, protocol) as remote:
+                differences[protocol] = float(np.abs(remote.embed(images) - local).max())
+    return differences
+
+
+def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None, probe_train: int = 10_000,
+             say: Callable[[str], None] = print) -> DemoReport:
+    """Run every stage once and report what it did; `say` prints progress lines for a person."""
+    out = Path(out)
+    report = DemoReport(out)
+    model_file = resolve_model(model)
+    model_dir = model_file.parent.parent
+    encoder = OnnxEncoder(model_file)
+    identity = encoder.identity
+    say(f"model: {identity.name} v{identity.version} ({identity.image_size} px -> {identity.embedding_dim} dims), "
+        f"{model_file}")
+
+    photos = gather_photos(out / "photos")
+    report.photos = len(photos)
+    say(f"\n1. {len(photos)} photos from scikit-image -> {out / 'photos'}")
+
+    features_path = out / "feats.npy"
+    result = embed_images([out / "photos"], features_path, encoder, workers=0, progress=False)
+    say(f"2. embedded {result.rows} photos -> {features_path} (+ {result.sidecar.name})")
+
+    features = load_features(features_path)
+    index, built = build_index(features.vectors, "auto")
+    save_index(index, index_path(features_path))
+    say(f"3. {built.kind} index of {built.vectors} vectors -> {index_path(features_path)}")
+
+    queries = out / "queries"
+    queries.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for path in photos:
+        augmented_view(path, rng).save(queries / f"{path.stem}.png")
+    results = search_images([queries], features, index, encoder, k=4)
+    say("4. search with an augmented view (crop 70-90%, mirrored, brightness +-15%) of each photo:")
+    hits = 0
+    for result in results:
+        top = result.neighbours[0]
+        found = Path(top.path).stem == Path(result.query).stem
+        hits += found
+        say(f"   {Path(result.query).name:<24} top-1 {Path(top.path).name:<24} score {top.score:.3f}  "
+            f"{'original' if found else 'other photo'}")
+    report.retrieval_top1 = hits / len(results)
+    grid = neighbour_grid(results, out / "neighbours.png")
+    say(f"   original found at rank 1 for {hits}/{len(results)}; neighbour grid -> {grid}")
+
+    local = np.load(features_path)
+    report.triton_max_abs_diff = compare_with_triton(model_dir, photos, identity, local, out / "triton.log")
+    say("5. the same photos through Triton (embedded server, started and stopped): max abs difference to local "
+        + ", ".join(f"{k.upper()} {v:.1e}" for k, v in report.triton_max_abs_diff.items()))
+
+    if data_root is not None:
+        report.probe = _probe(encoder, data_root, probe_train)
+        probe = report.probe
+        say(f"6. linear probe on CIFAR-10 ({probe['n_train']} train, {probe['n_test']} test): top-1 "
+            f"{100 * probe['linear_top1']:.1f}%, top-5 {100 * probe['linear_top5']:.1f}%, kNN top-1 "
+            f"{100 * probe['knn_top1']:.1f}%")
+    else:
+        say("6. linear probe skipped (pass --data-root DIR holding cifar-10-batches-py to run it)")
+
+    report.outputs = {"photos": str(out / "photos"), "features": str(features_path),
+                      "sidecar": str(result.sidecar), "index": str(index_path(features_path)),
+                      "queries": str(queries), "grid": str(grid), "triton_log": str(out / "triton.log")}
+    (out / "report.json").write_text(json.dumps({**report.__dict__, "out": str(out)}, indent=2, default=str))
+    say(f"\noutputs in {out}: photos/, feats.npy, feats.jsonl, feats.faiss, queries/, neighbours.png, triton.log, "
+        "report.json")
+    say("by hand:\n"
+        f"  simclr-embed {out / 'photos'} --model {model_dir} --out {features_path}\n"
+        f"  simclr index {features_path}\n"
+        f"  simclr-search {queries / photos[0].stem}.png --index {features_path} -k 4 --grid neighbours.png\n"
+        f"  simclr serve --repo {model_dir.parent}\n"
+        f"  simclr-embed {out / 'photos'} --server 127.0.0.1:8001 --protocol grpc --model-name {model_dir.name} "
+        f"--out remote.npy\n"
+        f"  simclr probe --data cifar10 --data-root DIR --model {model_dir}")
+    return report
+
+
+def _probe(encoder: OnnxEncoder, data_root: Path, train_images: int) -> dict:
+    from simclr.data.datasets import torchvision_split
+    from simclr.embed.labelled import embed_arrays
+    from simclr.evaluate.probe import evaluate_features
+
+    train = torchvision_split("cifar10", data_root, train=True).subset(train_images, 0)
+    test = torchvision_split("cifar10", data_root, train=False)
+    sets = [embed_arrays(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy(), split.classes, encoder)
+            for split in (train, test)]
+    report = evaluate_features(sets[0].features, sets[0].labels, sets[1].features, sets[1].labels, 10)
+    return {"linear_top1": report.linear_top1, "linear_top5": report.linear_top5, "knn_top1": report.knn_top1,
+            "n_train": report.n_train, "n_test": report.n_test, "l2": report.l2}
