@@ -113,8 +113,8 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
     say(f"\n1. {len(photos)} photos from scikit-image -> {out / 'photos'}")
 
     features_path = out / "feats.npy"
-    result = embed_images([out / "photos"], features_path, encoder, workers=0, progress=False)
-    say(f"2. embedded {result.rows} photos -> {features_path} (+ {result.sidecar.name})")
+    embedded = embed_images([out / "photos"], features_path, encoder, workers=0, progress=False)
+    say(f"2. embedded {embedded.rows} photos -> {features_path} (+ {embedded.sidecar.name})")
 
     features = load_features(features_path)
     index, built = build_index(features.vectors, "auto")
@@ -139,10 +139,13 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
     grid = neighbour_grid(results, out / "neighbours.png")
     say(f"   original found at rank 1 for {hits}/{len(results)}; neighbour grid -> {grid}")
 
-    local = np.load(features_path)
-    report.triton_max_abs_diff = compare_with_triton(model_dir, photos, identity, local, out / "triton.log")
-    say("5. the same photos through Triton (embedded server, started and stopped): max abs difference to local "
-        + ", ".join(f"{k.upper()} {v:.1e}" for k, v in report.triton_max_abs_diff.items()))
+    if model_file.parent.name.isdigit():
+        local = np.load(features_path)
+        report.triton_max_abs_diff = compare_with_triton(model_dir, photos, identity, local, out / "triton.log")
+        say("5. the same photos through Triton (embedded server, started and stopped): max abs difference to "
+            "local " + ", ".join(f"{k.upper()} {v:.1e}" for k, v in report.triton_max_abs_diff.items()))
+    else:
+        say(f"5. Triton skipped: {model_file} is not inside a model repository (<repo>/<name>/<version>/)")
 
     if data_root is not None:
         report.probe = _probe(encoder, data_root, probe_train)
@@ -154,11 +157,12 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
         say("6. linear probe skipped (pass --data-root DIR holding cifar-10-batches-py to run it)")
 
     report.outputs = {"photos": str(out / "photos"), "features": str(features_path),
-                      "sidecar": str(result.sidecar), "index": str(index_path(features_path)),
-                      "queries": str(queries), "grid": str(grid), "triton_log": str(out / "triton.log")}
+                      "sidecar": str(embedded.sidecar), "index": str(index_path(features_path)),
+                      "queries": str(queries), "grid": str(grid)}
+    if report.triton_max_abs_diff:
+        report.outputs["triton_log"] = str(out / "triton.log")
     (out / "report.json").write_text(json.dumps({**report.__dict__, "out": str(out)}, indent=2, default=str))
-    say(f"\noutputs in {out}: photos/, feats.npy, feats.jsonl, feats.faiss, queries/, neighbours.png, triton.log, "
-        "report.json")
+    say(f"\noutputs in {out}: " + ", ".join(Path(path).name for path in report.outputs.values()) + ", report.json")
     say("by hand:\n"
         f"  simclr-embed {out / 'photos'} --model {model_dir} --out {features_path}\n"
         f"  simclr index {features_path}\n"

@@ -8,22 +8,20 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import fail, print_json, setup_logging, user_errors
+from simclr.cli.options import (
+    DeviceOption,
+    ModelNameOption,
+    ModelOption,
+    ModelVersionOption,
+    ProtocolOption,
+    ServerOption,
+    ThreadsOption,
+)
 from simclr.data.images import NoImagesError
 from simclr.embed.encoder import EncoderError, open_encoder
 from simclr.embed.runner import embed_images
 
 Option = typer.Option
-
-ModelOption = Annotated[str | None, Option("--model", help="Exported model: a model directory (newest version), a "
-                                                           "version directory or a .onnx file. [default: "
-                                                           "$SIMCLR_MODEL, else the default model of the source tree]")]
-ServerOption = Annotated[str | None, Option(help="Embed on a Triton server instead (host:port) with --model-name.")]
-ProtocolOption = Annotated[str, Option(help="Triton protocol: http or grpc.")]
-ModelNameOption = Annotated[str | None, Option(help="The model's name on the Triton server.")]
-ModelVersionOption = Annotated[str, Option(help="Model version on the server. [default: the newest]")]
-DeviceOption = Annotated[str, Option(help="ONNX Runtime device: auto (CUDA when onnxruntime-gpu has it), cpu, cuda.")]
-ThreadsOption = Annotated[int | None, Option(help="ONNX Runtime threads. [default: all cores]")]
-
 
 def embed_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively).")],

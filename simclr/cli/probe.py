@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from simclr.cli.common import print_json, setup_logging, user_errors
-from simclr.cli.embed import (
+from simclr.cli.options import (
     DeviceOption,
     ModelNameOption,
     ModelOption,

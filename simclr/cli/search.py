@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import print_json, setup_logging, user_errors
-from simclr.cli.embed import (
+from simclr.cli.options import (
     DeviceOption,
     ModelNameOption,
     ModelOption,

@@ -1,0 +1,29 @@
+"""simclr demo end to end with the session's tiny model (the default model's run is `make demo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from simclr.demo import SAMPLE_PHOTOS, run_demo
+
+
+def test_demo_runs_every_stage_and_reports_where_outputs_are(tiny_repo: Path, tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="the demo's photos come from scikit-image (the demo extra)")
+    lines: list[str] = []
+    report = run_demo(tmp_path / "demo", model=tiny_repo / "tiny", say=lines.append)
+    assert report.photos == len(SAMPLE_PHOTOS)
+    assert 0.0 <= report.retrieval_top1 <= 1.0
+    assert set(report.triton_max_abs_diff) == {"http", "grpc"}
+    assert max(report.triton_max_abs_diff.values()) < 1e-5
+    for output in report.outputs.values():
+        assert Path(output).exists(), output
+    assert Image.open(report.outputs["grid"]).size[1] == len(SAMPLE_PHOTOS) * 120
+    text = "\n".join(lines)
+    assert "top-1" in text and "by hand:" in text and "simclr serve --repo" in text
+    assert "linear probe skipped" in text
+    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert saved["photos"] == len(SAMPLE_PHOTOS)
