@@ -99,7 +99,7 @@ def _probe(*args: str):
 def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path, tiny_repo: Path,
                                                                 tmp_path: Path) -> None:
     args = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(tiny_repo / "tiny" / "1"),
-            "--limit-train", "1000", "--limit-test", "300", "--json"]
+            "--limit-train", "1000", "--limit-test", "300", "--l2", "1e-4", "--l2", "1e-2", "--json"]
     first = _probe(*args, "--confusion", str(tmp_path / "confusion.png"))
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
