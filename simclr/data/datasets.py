@@ -55,6 +55,9 @@ def training_images(data: str, data_root: Path | None, size: int) -> ImageFiles 
     """The unlabelled training set: a torchvision data set name (cifar10, cifar100, stl10) or a folder of images."""
     if data in TORCHVISION_DATASETS:
         return torchvision_split(data, _require_root(data, data_root), train=True, unlabeled=True)
+    if not Path(data).is_dir():
+        names = ", ".join(TORCHVISION_DATASETS)
+        raise FileNotFoundError(f"--data {data}: no such folder (or name a data set: {names})")
     return ImageFiles(find_images(Path(data)), size)
 
 
