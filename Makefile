@@ -29,7 +29,7 @@ $(DEMO_STAMP): $(STAMP)
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
-	if [ -f $(SHARED_CIFAR) ]; then \
+	@if [ -f $(SHARED_CIFAR) ]; then \
 		$(BIN)/python $(SHARED_CIFAR) batches .cache/data > /dev/null && \
 		$(BIN)/simclr demo --out demo_output --data-root .cache/data; \
 	else \
