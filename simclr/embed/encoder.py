@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -66,8 +67,6 @@ def open_encoder(model: str | None = None, server: str | None = None, protocol: 
         if not model_name:
             raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
         return TritonEncoder(server.removeprefix("http://").removeprefix("grpc://"), model_name, version, protocol)
-    from pathlib import Path
-
     from simclr.embed.onnx_encoder import OnnxEncoder
 
     return OnnxEncoder(Path(model) if model else None, device=device, threads=threads)

@@ -27,8 +27,7 @@ class ImageEntry:
 class DecodedBatch:
     entries: list[ImageEntry]  # in input order, decoded or not
     images: np.ndarray  # uint8 [n_ok, S, S, 3], the decoded entries in order
-    ok: list[bool]  # per entry: decoded?
-    errors: list[str | None]  # per entry: why it failed, or None
+    errors: list[str | None]  # per entry: why it failed, or None (decoded)
 
 
 def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
@@ -84,4 +83,4 @@ def decoded_batches(entries: list[ImageEntry], size: int, batch_size: int, worke
 
 
 def _batch(chunk: list[ImageEntry], images: np.ndarray, errors: list[str | None]) -> DecodedBatch:
-    return DecodedBatch(chunk, images, [error is None for error in errors], errors)
+    return DecodedBatch(chunk, images, errors)
