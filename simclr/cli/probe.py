@@ -35,10 +35,7 @@ def _encoder(model, server, protocol, model_name, model_version, checkpoint, bas
         trained = TorchEncoder.from_checkpoint(checkpoint, torch_device)
         if baseline is None:
             return trained
-        from simclr.export.onnx_export import load_encoder, resolve_checkpoint
-
-        config = load_encoder(resolve_checkpoint(checkpoint))[1].model
-        size = trained.identity.image_size
+        config, size = trained.model_config, trained.identity.image_size
     else:
         reference = open_encoder(model, server, protocol, model_name, model_version, device)
         if baseline is None:

@@ -18,9 +18,10 @@ from simclr.train.model import ResNetEncoder
 class TorchEncoder:
     """Encoder f in PyTorch (eval mode): from a checkpoint, or with random weights (`ModelConfig` + seed)."""
 
-    def __init__(self, encoder: ResNetEncoder, image_size: int, identity_name: str, sha256: str = "",
-                 device: str = "cpu", source: str = "") -> None:
+    def __init__(self, encoder: ResNetEncoder, model_config: ModelConfig, image_size: int, identity_name: str,
+                 sha256: str = "", device: str = "cpu", source: str = "") -> None:
         self.model = UInt8Encoder(encoder.eval()).to(device)
+        self.model_config = model_config
         self.device = device
         self.identity = ModelIdentity(identity_name, "", sha256, image_size, encoder.feature_dim)
         self.source = source
@@ -29,14 +30,14 @@ class TorchEncoder:
     def from_checkpoint(cls, checkpoint: Path, device: str = "cpu") -> TorchEncoder:
         path = resolve_checkpoint(checkpoint)
         encoder, config = load_encoder(path)
-        return cls(encoder, config.augment.image_size, f"checkpoint:{path.parent.name}", sha256_of(path), device,
-                   str(path.resolve()))
+        return cls(encoder, config.model, config.augment.image_size, f"checkpoint:{path.parent.name}",
+                   sha256_of(path), device, str(path.resolve()))
 
     @classmethod
     def random(cls, config: ModelConfig, image_size: int, seed: int = 0, device: str = "cpu") -> TorchEncoder:
         """Random weights with torchvision's default initialisation (every residual branch active)."""
         torch.manual_seed(seed)
-        return cls(ResNetEncoder(config, zero_init_residual=False), image_size,
+        return cls(ResNetEncoder(config, zero_init_residual=False), config, image_size,
                    f"random-{config.arch}-w{config.width:g}", device=device)
 
     @torch.no_grad()
