@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from simclr.cli.app import app
 from simclr.train.checkpoint import load_checkpoint, save_checkpoint
 from simclr.train.config import build_config
-from simclr.train.loop import TrainingError, train
+from simclr.train.loop import Trainer, TrainingError, TrainingInterrupted, train
 
 SMALL = ["--width", "0.0625", "--image-size", "16", "--batch-size", "8", "--epochs", "3", "--workers", "0",
          "--warmup-epochs", "1", "--log-every", "1"]
@@ -94,6 +94,32 @@ def test_sigterm_saves_a_resumable_checkpoint(image_folder: Path, tmp_path: Path
     resumed = _invoke("--data", str(image_folder), "--out", str(out), "--resume", "--max-steps", str(step + 1))
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(out / "last.pt")["step"] == step + 1
+
+
+def test_signal_on_the_last_step_of_an_epoch_finishes_that_epoch(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = build_config("cifar", {"data": str(image_folder), "augment.image_size": 16, "batch_size": 8,
+                                    "model.width": 0.0625, "workers": 0, "epochs": 3, "device": "cpu"})
+    trainer = Trainer(config, out, torch.device("cpu"), resume=False)
+    one_step = trainer.train_step
+
+    def step_then_sigterm_at_the_epoch_end(images: torch.Tensor) -> tuple[float, float]:
+        result = one_step(images)
+        if trainer.step == trainer.steps_per_epoch:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    trainer.train_step = step_then_sigterm_at_the_epoch_end
+    with pytest.raises(TrainingInterrupted, match="continue with --resume"):
+        trainer.run()
+    state = load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, trainer.steps_per_epoch)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in epochs if record["event"] == "epoch"] == [1]
+    resumed = _invoke("--data", str(image_folder), "--out", str(out), "--resume", "--max-steps",
+                      str(trainer.steps_per_epoch + 1))
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["step"] == trainer.steps_per_epoch + 1
 
 
 def test_tiny_cifar_run_lowers_the_loss_and_raises_contrastive_accuracy(tiny_run: Path) -> None:

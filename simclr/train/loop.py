@@ -267,6 +267,7 @@ class Trainer:
         losses, accuracies = [], []
         last_save = window_start = time.monotonic()
         window_steps = 0
+        stopped = False
         with tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
                   disable=not self.is_main, dynamic_ncols=True) as bar:
             for images in batches:
@@ -288,28 +289,31 @@ class Trainer:
                 # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
                 timer_due = bool(config.save_every_minutes) and (
                     time.monotonic() - last_save >= 60 * config.save_every_minutes)
-                stop, timer_due = distributed.any_rank([signals.received is not None, timer_due], self.device)
-                if stop:
-                    self.save(epoch)
-                    raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved "
-                                              f"{self.checkpoint_path}; continue with --resume")
-                if self.step >= self.max_steps:
+                stopped, timer_due = distributed.any_rank([signals.received is not None, timer_due], self.device)
+                if stopped or self.step >= self.max_steps:
                     break
                 if timer_due:
                     self.save(epoch)
                     last_save = time.monotonic()
-        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by --max-steps
+        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
             self.save(epoch)
-            return loss, accuracy
+        else:
+            self._end_epoch(losses, accuracies)
+        if stopped:
+            raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
+                                      "continue with --resume")
+        return loss, accuracy
+
+    def _end_epoch(self, losses: list[float], accuracies: list[float]) -> None:
+        """Count the finished epoch, save it, and log its means (and the kNN monitor when due)."""
         self.epoch += 1
         self.save(self.epoch)
         record = {"event": "epoch", "step": self.step, "epoch": self.epoch, "loss": sum(losses) / len(losses),
                   "contrastive_accuracy": sum(accuracies) / len(accuracies)}
-        if self.monitor and self.epoch % config.knn_every == 0:
+        if self.monitor and self.epoch % self.config.knn_every == 0:
             record["knn_top1"] = self.monitor(self.model.encoder)
             log.info("epoch %d: kNN top-1 %.2f%%", self.epoch, 100 * record["knn_top1"])
         self._record(record)
-        return loss, accuracy
 
     def _record(self, record: dict) -> None:
         if self.metrics:
