@@ -89,6 +89,7 @@ def test_sigterm_saves_a_resumable_checkpoint(image_folder: Path, tmp_path: Path
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "continue with --resume" in stderr
+    assert (out / "training_curves.png").is_file()
     step = load_checkpoint(out / "last.pt")["step"]
     assert step >= 3
     resumed = _invoke("--data", str(image_folder), "--out", str(out), "--resume", "--max-steps", str(step + 1))

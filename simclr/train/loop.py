@@ -247,12 +247,14 @@ class Trainer:
         started = time.monotonic()
         first_step = self.step
         loss = accuracy = math.nan
-        with StopSignals() as signals:
-            while self.epoch < self.config.epochs and self.step < self.max_steps:
-                loss, accuracy = self._run_epoch(signals)
+        try:
+            with StopSignals() as signals:
+                while self.epoch < self.config.epochs and self.step < self.max_steps:
+                    loss, accuracy = self._run_epoch(signals)
+        finally:  # a stopped or failed run gets its curves too
+            if self.is_main:
+                plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME)
         wall = time.monotonic() - started
-        if self.is_main:
-            plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME)
         images = (self.step - first_step) * self.config.batch_size
         return TrainResult(self.out, self.step, self.step // self.steps_per_epoch, loss, accuracy,
                            images / max(wall, 1e-9), wall)
