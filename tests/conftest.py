@@ -48,6 +48,32 @@ def cifar_folders() -> Path:
     return root
 
 
+def _tinyimagenet_script() -> Path:
+    script = SHARED_DATA / "tinyimagenet" / "tinyimagenet.py"
+    if not script.is_file():
+        pytest.skip(f"Tiny ImageNet copy not found at {script.parent} (set SIMCLR_SHARED_DATA to ../shared/data)")
+    return script
+
+
+@pytest.fixture(scope="session")
+def tinyimagenet_folder() -> Path:
+    """200 Tiny ImageNet photos (64 px), one of each class, from pre-training shard 0."""
+    root = CACHE / "tinyimagenet" / "photos"
+    subprocess.run([sys.executable, str(_tinyimagenet_script()), "folders", str(root), "--shards", "0",
+                    "--per-class", "1"], check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tinyimagenet_probe() -> Path:
+    """Tiny ImageNet as a labelled set, as `tinyimagenet.py probe` writes it: train/ (shard 6) and test/ (shard 7),
+    3 photos of each of the 200 classes in each."""
+    root = CACHE / "tinyimagenet" / "probe"
+    subprocess.run([sys.executable, str(_tinyimagenet_script()), "probe", str(root), "--per-class", "3"],
+                   check=True, capture_output=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 small real image files (JPEG and PNG, mixed sizes) in nested folders."""

@@ -129,3 +129,40 @@ def test_a_version_with_another_image_size_is_refused(tiny_run: Path, image_fold
     result = _export(str(other), "--repo", str(repo), "--name", "m")
     assert result.exit_code == 1 and "image_size" in result.output
     assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_fp16_weights_halve_the_file_keep_fp32_compute_and_parity(tiny_run: Path, tmp_path: Path) -> None:
+    full = export_onnx(tiny_run, tmp_path / "fp32.onnx")
+    half = export_onnx(tiny_run, tmp_path / "fp16.onnx", weights="fp16")
+    assert half.metadata["weights"] == "fp16" and full.metadata["weights"] == "fp32"
+    assert half.max_abs_diff <= half.tolerance
+    assert (tmp_path / "fp16.onnx").stat().st_size < 0.6 * (tmp_path / "fp32.onnx").stat().st_size
+    graph = onnx.load(str(tmp_path / "fp16.onnx")).graph
+    large = {init.data_type for init in graph.initializer if np.prod(init.dims) >= 1024}
+    small = {init.data_type for init in graph.initializer if np.prod(init.dims) < 1024}
+    assert large == {onnx.TensorProto.FLOAT16} and small == {onnx.TensorProto.FLOAT}  # norms, biases, mean/std
+    casts = [node for node in graph.node if node.op_type == "Cast" and node.input[0].endswith(".fp16")]
+    assert len(casts) == sum(np.prod(init.dims) >= 1024 for init in graph.initializer)
+    assert {node.attribute[0].i for node in casts} == {onnx.TensorProto.FLOAT}
+    images = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    reference = run_onnx(tmp_path / "fp32.onnx", images)
+    np.testing.assert_allclose(run_onnx(tmp_path / "fp16.onnx", images), reference,
+                               atol=1e-3 * float(np.abs(reference).max()), rtol=0)
+
+
+def test_batch_norm_is_exported_unfolded_under_the_checkpoint_names(tiny_run: Path, tmp_path: Path) -> None:
+    export_onnx(tiny_run, tmp_path / "model.onnx")
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    encoder, _ = load_encoder(tiny_run / "last.pt")
+    batch_norms = sum(isinstance(module, torch.nn.BatchNorm2d) for module in encoder.modules())
+    assert sum(node.op_type == "BatchNormalization" for node in graph.node) == batch_norms
+    names = {init.name for init in graph.initializer}
+    assert {f"encoder.{key}" for key in encoder.state_dict() if not key.endswith("num_batches_tracked")} <= names
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert props["stem"] == "cifar" and props["cifar_stem"] == "true"
+
+
+def test_unknown_weight_precision_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    result = _export(str(tiny_run), "--repo", str(tmp_path / "repo"), "--weights", "int4")
+    assert result.exit_code == 1 and "--weights 'int4'" in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "repo" / "simclr_resnet18").exists()

@@ -26,9 +26,12 @@ def export_command(
     dynamic_batching: Annotated[bool, Option("--dynamic-batching/--no-dynamic-batching",
                                              help="Let Triton merge concurrent requests into larger batches.")
                                 ] = True,
-    fp16: Annotated[bool, Option(help="Export the encoder in float16 (inputs and outputs stay uint8/float32); parity "
-                                      "tolerance 2e-2 of the largest embedding value instead of 1e-4 absolute.")
-                    ] = False,
+    weights: Annotated[str, Option(help="How weights are stored: fp32, or fp16 (half the file; each weight is cast "
+                                        "back to float32, so compute stays float32 on every runtime; parity 1e-3 of "
+                                        "the largest embedding value). Choices: fp32, fp16.")] = "fp32",
+    fp16: Annotated[bool, Option(help="Compute in float16 (weights and activations; inputs and outputs stay "
+                                      "uint8/float32), for GPUs; parity tolerance 2e-2 of the largest embedding "
+                                      "value instead of 1e-4 absolute.")] = False,
     json_output: Annotated[bool, Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Export encoder f (without the projection head) to ONNX as the next version of NAME in the repository.
@@ -40,7 +43,7 @@ def export_command(
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
                              max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)
     with user_errors(CheckpointError, ExportError):
-        model = export_to_repository(checkpoint, repo, name, options, fp16=fp16)
+        model = export_to_repository(checkpoint, repo, name, options, fp16=fp16, weights=weights)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),
                "config": str(model.config_path), "max_abs_diff": model.export.max_abs_diff,
                "tolerance": model.export.tolerance, "metadata": model.export.metadata}

@@ -24,15 +24,23 @@ def train_command(
     data_root: Annotated[Path | None, Option(help="Folder holding torchvision's files for --data cifar10/cifar100/"
                                                   "stl10 (e.g. what ../shared/data/cifar10.py batches DIR writes).")
                          ] = None,
-    preset: Annotated[str | None, Option(help="Recipe defaults: cifar (32 px, CIFAR stem, colour strength 0.5, no "
-                                              "blur, tau 0.5) or imagenet (224 px, standard stem, strength 1.0, blur "
-                                              "p=0.5, tau 0.1). Default: cifar when --image-size <= 64, else imagenet."
-                                         )] = None,
+    preset: Annotated[str | None, Option(help="Recipe defaults. cifar: 32 px, CIFAR stem, colour strength 0.5, no "
+                                              "blur, tau 0.5, weight decay 1e-4 (the paper's CIFAR recipe; decay as "
+                                              "google-research/simclr's CIFAR command and solo-learn). imagenet: 224 "
+                                              "px, standard stem, strength 1.0, blur p=0.5, tau 0.1, decay 1e-6 (the "
+                                              "paper's ImageNet recipe at batch 4096). photo: 64 px, small stem, the "
+                                              "ImageNet augmentation and mean/std, tau 0.2, decay 1e-4 (for small "
+                                              "photos such as Tiny ImageNet; tau and decay as solo-learn). "
+                                              "[default: cifar when --image-size <= 64, else imagenet]")] = None,
     arch: Annotated[str | None, Option(help="Encoder f: resnet18, resnet34 or resnet50. [default: resnet18]")] = None,
+    stem: Annotated[str | None, Option(help="First layer of f. cifar: 3x3 conv, stride 1, no max-pool (32 px "
+                                            "images). small: 3x3 conv, stride 2, no max-pool (64 px photos: 32x32 "
+                                            "maps). imagenet: 7x7 conv, stride 2, max-pool (224 px). [default: cifar; "
+                                            "small for photo; imagenet for imagenet]")] = None,
     width: Annotated[float | None, Option(help="Channel width multiplier of f (0.25 = a quarter of the channels). "
                                                "[default: 1.0]")] = None,
-    image_size: Annotated[int | None, Option(help="Side of the augmented views in pixels. [default: 32 cifar, "
-                                                  "224 imagenet]")] = None,
+    image_size: Annotated[int | None, Option(help="Side of the augmented views in pixels. [default: 32 cifar, 64 "
+                                                  "photo, 224 imagenet]")] = None,
     decode_size: Annotated[int | None, Option(help="Folder images are decoded (shorter side + centre crop) to this "
                                                    "square before cropping. [default: image size, or x256/224 above "
                                                    "64 px]")] = None,
@@ -45,21 +53,26 @@ def train_command(
                                         "recipe comes from the run, only --max-steps, --workers, "
                                         "--save-every-minutes, --log-every, --knn-every and --device may change."
                                    )] = False,
-    temperature: Annotated[float | None, Option(help="NT-Xent temperature tau. [default: 0.5 cifar, 0.1 imagenet]")
+    temperature: Annotated[float | None, Option(help="NT-Xent temperature tau (solo-learn uses 0.2 on short "
+                                                     "schedules). [default: 0.5 cifar, 0.2 photo, 0.1 imagenet]")
                            ] = None,
     optimizer: Annotated[str | None, Option(help="lars, sgd or adamw. [default: lars]")] = None,
     base_lr: Annotated[float | None, Option(help="Learning rate per 256 images: lr = base x batch/256 (or x sqrt"
                                                  "(batch/256) with --lr-scaling sqrt). [default: 0.3]")] = None,
     lr_scaling: Annotated[str | None, Option(help="linear or sqrt. [default: linear]")] = None,
     weight_decay: Annotated[float | None, Option(help="Weight decay (not on biases and norm parameters). "
-                                                    "[default: 1e-6]")] = None,
+                                                    "[default: 1e-4 cifar and photo, 1e-6 imagenet; see --preset]")
+                            ] = None,
     warmup_epochs: Annotated[float | None, Option(help="Linear warm-up epochs before the cosine decay. [default: 10]")
                              ] = None,
     color_strength: Annotated[float | None, Option(help="Colour distortion strength s. [default: 0.5 cifar, 1.0 "
-                                                        "imagenet]")] = None,
-    blur_p: Annotated[float | None, Option(help="Gaussian blur probability. [default: 0 cifar, 0.5 imagenet]")
-                      ] = None,
-    head_out: Annotated[int | None, Option(help="Output dimension of the projection head g. [default: 128]")] = None,
+                                                        "photo and imagenet]")] = None,
+    blur_p: Annotated[float | None, Option(help="Gaussian blur probability (kernel 10% of the side). [default: "
+                                                "0 cifar, 0.5 photo and imagenet]")] = None,
+    head_hidden: Annotated[int | None, Option(help="Hidden width of g (0: the encoder's dimension D, as the paper; "
+                                                   "solo-learn uses 2048). [default: 0]")] = None,
+    head_out: Annotated[int | None, Option(help="Output dimension of g (solo-learn uses 256). [default: 128]")
+                        ] = None,
     head_layers: Annotated[int | None, Option(help="Linear layers in g. [default: 2]")] = None,
     head_batch_norm: Annotated[bool | None, Option("--head-batch-norm/--no-head-batch-norm",
                                                    help="Batch norm in g's hidden layers. [default: on]")] = None,
@@ -75,6 +88,9 @@ def train_command(
                                                 "[default: off]")] = None,
     device: Annotated[str | None, Option(help="auto, cpu, cuda or cuda:N. [default: auto]")] = None,
     workers: Annotated[int | None, Option(help="Decoding processes for folder data. [default: 2]")] = None,
+    in_memory: Annotated[bool | None, Option("--in-memory/--no-in-memory",
+                                             help="Decode folder data once into memory (uint8) instead of every "
+                                                  "epoch. [default: when it fits in half the free memory]")] = None,
     seed: Annotated[int | None, Option(help="Seed for weights, shuffling and augmentation. [default: 0]")] = None,
     save_every_minutes: Annotated[float | None, Option(help="Also save last.pt on this timer (0: only at epoch "
                                                             "ends and on SIGINT/SIGTERM). [default: 0]")] = None,
@@ -95,13 +111,13 @@ def train_command(
     overrides = {
         "data": data, "data_root": str(data_root) if data_root else None, "decode_size": decode_size,
         "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps, "temperature": temperature,
-        "seed": seed, "workers": workers, "precision": precision, "channels_last": channels_last,
-        "compile": compile, "sync_batch_norm": sync_batch_norm, "save_every_minutes": save_every_minutes,
-        "log_every": log_every, "knn_every": knn_every, "knn_data": knn_data, "knn_samples": knn_samples,
-        "device": device,
+        "seed": seed, "workers": workers, "in_memory": in_memory, "precision": precision,
+        "channels_last": channels_last, "compile": compile, "sync_batch_norm": sync_batch_norm,
+        "save_every_minutes": save_every_minutes, "log_every": log_every, "knn_every": knn_every,
+        "knn_data": knn_data, "knn_samples": knn_samples, "device": device,
         "augment.image_size": image_size, "augment.color_strength": color_strength, "augment.blur_p": blur_p,
-        "model.arch": arch, "model.width": width, "model.head_out": head_out, "model.head_layers": head_layers,
-        "model.head_batch_norm": head_batch_norm,
+        "model.arch": arch, "model.stem": stem, "model.width": width, "model.head_hidden": head_hidden,
+        "model.head_out": head_out, "model.head_layers": head_layers, "model.head_batch_norm": head_batch_norm,
         "optim.optimizer": optimizer, "optim.base_lr": base_lr, "optim.lr_scaling": lr_scaling,
         "optim.weight_decay": weight_decay, "optim.warmup_epochs": warmup_epochs,
     }

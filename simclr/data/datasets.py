@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
+from simclr.data.decoding import decode_chunks
 from simclr.data.images import find_images, try_load_image
 
 log = logging.getLogger("simclr")
@@ -51,44 +54,90 @@ class ImageFiles(Dataset):
         return None if array is None else torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def training_images(data: str, data_root: Path | None, size: int) -> ImageFiles | InMemoryImages:
-    """The unlabelled training set: a torchvision data set name (cifar10, cifar100, stl10) or a folder of images."""
+def training_images(data: str, data_root: Path | None, size: int, workers: int = 2,
+                    in_memory: bool | None = None) -> ImageFiles | InMemoryImages:
+    """The unlabelled training set: a torchvision data set name (cifar10, cifar100, stl10) or a folder of images.
+
+    A folder is decoded once into memory (`in_memory` None: when the uint8 images take at most half of the memory
+    available now), so later epochs cost no decoding; otherwise its files are decoded on demand every epoch.
+    """
     if data in TORCHVISION_DATASETS:
         return torchvision_split(data, _require_root(data, data_root), train=True, unlabeled=True)
     if not Path(data).is_dir():
         names = ", ".join(TORCHVISION_DATASETS)
         raise FileNotFoundError(f"--data {data}: no such folder (or name a data set: {names})")
-    return ImageFiles(find_images(Path(data)), size)
+    paths = find_images(Path(data))
+    needed = len(paths) * 3 * size * size
+    if in_memory is None:
+        in_memory = needed <= available_memory() // 2
+    if not in_memory:
+        log.info("%s: %d images decoded on demand each epoch (%.1f GB decoded would not fit in memory)", data,
+                 len(paths), needed / 1e9)
+        return ImageFiles(paths, size)
+    images, _ = decode_images(paths, size, workers, f"decoding {Path(data).name}")
+    if not len(images):
+        raise ValueError(f"--data {data}: none of its {len(paths)} image files could be decoded")
+    return InMemoryImages(images, torch.full((len(images),), -1, dtype=torch.long))
 
 
-def labelled_splits(data: str, data_root: Path | None, size: int) -> tuple[InMemoryImages, InMemoryImages]:
+def decode_images(paths: Sequence[Path], size: int, workers: int | None,
+                  description: str = "decoding") -> tuple[torch.Tensor, list[int]]:
+    """Decode files into one uint8 tensor [n_ok, 3, size, size] with a progress bar; also returns the indices of
+    the paths decoded (unreadable files are left out with one warning each)."""
+    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    chunk = 256
+    starts = range(0, len(paths), chunk)
+    decoded_indices: list[int] = []
+    with tqdm(total=len(paths), unit="img", desc=description, dynamic_ncols=True) as bar:
+        for start, (arrays, errors) in zip(starts, decode_chunks([paths[i:i + chunk] for i in starts], size,
+                                                                 workers), strict=True):
+            row = len(decoded_indices)
+            images[row:row + len(arrays)] = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+            for offset, error in enumerate(errors):
+                if error is None:
+                    decoded_indices.append(start + offset)
+                else:
+                    log.warning("skipping unreadable image %s: %s", paths[start + offset], error)
+            bar.update(len(errors))
+    return images[:len(decoded_indices)], decoded_indices
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations now (Linux MemAvailable; else free physical pages)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def labelled_splits(data: str, data_root: Path | None, size: int,
+                    workers: int | None = None) -> tuple[InMemoryImages, InMemoryImages]:
     """Labelled (train, test) splits: a torchvision data set name, or a folder holding train/ and test/ trees."""
     if data in TORCHVISION_DATASETS:
         root = _require_root(data, data_root)
         return torchvision_split(data, root, train=True), torchvision_split(data, root, train=False)
     folder = Path(data)
-    train = labelled_folder(folder / "train", size)
-    return train, labelled_folder(folder / "test", size, classes=train.classes)
+    train = labelled_folder(folder / "train", size, workers=workers)
+    return train, labelled_folder(folder / "test", size, classes=train.classes, workers=workers)
 
 
-def labelled_folder(root: Path, size: int, classes: tuple[str, ...] | None = None) -> InMemoryImages:
+def labelled_folder(root: Path, size: int, classes: tuple[str, ...] | None = None,
+                    workers: int | None = None) -> InMemoryImages:
     """An ImageFolder tree decoded into memory; the class is the first folder below `root`."""
     relative = [path.relative_to(root).parts for path in find_images(root)]
     names = classes or tuple(sorted({parts[0] for parts in relative if len(parts) > 1}))
     index = {name: i for i, name in enumerate(names)}
-    images, labels = [], []
-    for parts in relative:
-        if len(parts) < 2 or parts[0] not in index:
-            continue
-        path = root.joinpath(*parts)
-        array = try_load_image(path, size)
-        if array is not None:
-            images.append(array)
-            labels.append(index[parts[0]])
-    if not images:
+    members = [parts for parts in relative if len(parts) > 1 and parts[0] in index]
+    images, decoded = decode_images([root.joinpath(*parts) for parts in members], size, workers,
+                                    f"decoding {root.name}")
+    if not decoded:
         raise ValueError(f"{root}: no readable images in class folders")
-    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return InMemoryImages(tensor, torch.tensor(labels), names)
+    labels = torch.tensor([index[members[i][0]] for i in decoded])
+    return InMemoryImages(images, labels, names)
 
 
 def torchvision_split(name: str, root: Path, train: bool, unlabeled: bool = False) -> InMemoryImages:

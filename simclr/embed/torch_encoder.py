@@ -48,9 +48,9 @@ class TorchEncoder:
 
 def model_config_from_metadata(metadata: dict[str, str]) -> ModelConfig:
     """The encoder architecture an exported model records (for a random-weights baseline of the same shape)."""
-    return ModelConfig(arch=metadata["architecture"], width=float(metadata["width"]),
-                       cifar_stem=metadata["cifar_stem"] == "true", mean=tuple(json.loads(metadata["mean"])),
-                       std=tuple(json.loads(metadata["std"])))
+    stem = metadata.get("stem") or ("cifar" if metadata["cifar_stem"] == "true" else "imagenet")
+    return ModelConfig(arch=metadata["architecture"], width=float(metadata["width"]), stem=stem,
+                       mean=tuple(json.loads(metadata["mean"])), std=tuple(json.loads(metadata["std"])))
 
 
 class PixelEncoder:

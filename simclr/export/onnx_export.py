@@ -21,6 +21,9 @@ from simclr.train.model import ResNetEncoder
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch
 FP16_TOLERANCE = 2e-2  # max abs difference relative to the largest embedding value, for --fp16
+FP16_WEIGHTS_TOLERANCE = 1e-3  # the same, for --weights fp16 (FP16 storage, FP32 compute)
+WEIGHT_PRECISIONS = ("fp32", "fp16")
+SMALL_TENSOR = 1024  # initializers with fewer elements (norm parameters, biases, mean/std) stay FP32
 
 
 class ExportError(ValueError):
@@ -70,7 +73,8 @@ def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
     return encoder.eval(), config
 
 
-def model_metadata(config: TrainConfig, encoder: ResNetEncoder, checkpoint_sha256: str, fp16: bool) -> dict[str, str]:
+def model_metadata(config: TrainConfig, encoder: ResNetEncoder, checkpoint_sha256: str, fp16: bool,
+                   weights: str = "fp32") -> dict[str, str]:
     """What a user of the exported model needs to know, as strings (ONNX metadata_props, Triton parameters)."""
     recipe = {"data": config.data, "preset": config.preset, "epochs": config.epochs, "batch_size": config.batch_size,
               "temperature": config.temperature, "optimizer": config.optim.optimizer, "base_lr": config.optim.base_lr,
@@ -81,27 +85,35 @@ def model_metadata(config: TrainConfig, encoder: ResNetEncoder, checkpoint_sha25
         "embedding_dim": str(encoder.feature_dim),
         "architecture": config.model.arch,
         "width": str(config.model.width),
-        "cifar_stem": str(config.model.cifar_stem).lower(),
+        "stem": config.model.stem,
+        "cifar_stem": str(config.model.stem == "cifar").lower(),  # read by models exported before `stem`
         "mean": json.dumps(list(config.model.mean)),
         "std": json.dumps(list(config.model.std)),
         "precision": "fp16" if fp16 else "fp32",
+        "weights": weights,
         "recipe": json.dumps(recipe, sort_keys=True),
         "checkpoint_sha256": checkpoint_sha256,
     }
 
 
-def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, parity_batch: int = 8) -> ExportedModel:
+def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, weights: str = "fp32",
+                parity_batch: int = 8) -> ExportedModel:
     """Write encoder f of `checkpoint` to `out_path` as ONNX (opset 17, dynamic batch) and check parity.
 
+    Batch norm stays a separate node (not folded into the convolutions; ONNX Runtime folds it at load), named as
+    in the checkpoint, so that f can be read back from the file. `fp16` runs the encoder in float16; `weights`
+    "fp16" stores the weights in float16 with Cast nodes, so that compute stays float32 on every runtime.
     Parity: ONNX Runtime against the PyTorch encoder on one seeded uint8 batch; max abs difference at most 1e-4
-    (with fp16: 2e-2 of the largest embedding value), else ExportError with the measured difference and nothing
-    written at `out_path`.
+    (with fp16 compute: 2e-2, with fp16 weights: 1e-3 of the largest embedding value), else ExportError with the
+    measured difference and nothing written at `out_path`.
     """
     import onnx
 
+    if weights not in WEIGHT_PRECISIONS:
+        raise ValueError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_PRECISIONS)}")
     checkpoint = resolve_checkpoint(checkpoint)
     encoder, config = load_encoder(checkpoint)
-    metadata = model_metadata(config, encoder, sha256_of(checkpoint), fp16)
+    metadata = model_metadata(config, encoder, sha256_of(checkpoint), fp16, weights)
     size = config.augment.image_size
     reference_model = UInt8Encoder(encoder)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (parity_batch, size, size, 3), dtype=np.uint8))
@@ -114,23 +126,52 @@ def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, parity_bat
     with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
         draft = Path(scratch) / "model.onnx"
         with warnings.catch_warnings():
-            # The TorchScript exporter is the documented choice here (DESIGN.md); its deprecation notice is noise.
+            # The TorchScript exporter is the documented choice here (DESIGN.md); its deprecation notice is noise,
+            # and so is its advice against constant folding in PRESERVE mode: the model is in eval mode.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "It is recommended that constant folding be turned off")
             torch.onnx.export(exported, (images,), str(draft), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                              training=torch.onnx.TrainingMode.PRESERVE,  # keeps batch norm unfolded
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         model = onnx.load(str(draft))
+        if weights == "fp16":
+            model = store_weights_fp16(model)
         onnx.helper.set_model_props(model, metadata)
         onnx.save(model, str(draft))
         actual = run_onnx(draft, images.numpy())
         difference = float(np.abs(actual - reference).max())
-        tolerance = FP16_TOLERANCE * float(np.abs(reference).max()) if fp16 else FP32_TOLERANCE
+        relative = FP16_TOLERANCE if fp16 else FP16_WEIGHTS_TOLERANCE if weights == "fp16" else None
+        tolerance = relative * float(np.abs(reference).max()) if relative else FP32_TOLERANCE
         if not difference <= tolerance:
             raise ExportError(f"parity check failed: ONNX Runtime differs from PyTorch by {difference:.3g} "
                               f"(max abs; tolerance {tolerance:.3g}); nothing was written")
         draft.chmod(default_mode())
         draft.replace(out_path)
     return ExportedModel(out_path, metadata, difference, tolerance)
+
+
+def store_weights_fp16(model):
+    """A copy of an ONNX model whose float32 weights (initializers of at least 1,024 values) are stored as float16,
+    each read through a Cast back to float32: half the file, the same float32 compute on every runtime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    graph = converted.graph
+    casts = []
+    for initializer in graph.initializer:
+        if initializer.data_type != TensorProto.FLOAT or np.prod(initializer.dims) < SMALL_TENSOR:
+            continue
+        name = initializer.name
+        half = numpy_helper.from_array(numpy_helper.to_array(initializer).astype(np.float16), f"{name}.fp16")
+        initializer.CopyFrom(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=f"{name}.cast"))
+    nodes = casts + list(graph.node)  # the casts come first, so the graph stays in topological order
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:

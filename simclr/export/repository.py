@@ -97,7 +97,7 @@ def _escape(value: str) -> str:
 
 
 def export_to_repository(checkpoint: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),
-                         fp16: bool = False) -> RepositoryModel:
+                         fp16: bool = False, weights: str = "fp32") -> RepositoryModel:
     """Export `checkpoint` as the next version of model `name` in `repo` and (re)write its config.pbtxt.
 
     The ONNX file is built and checked in a scratch directory inside the model folder and only then renamed to
@@ -113,7 +113,7 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=".export-"))
     try:
         scratch.chmod(default_mode(directory=True))
-        exported = export_onnx(checkpoint, scratch / MODEL_FILE, fp16=fp16)
+        exported = export_onnx(checkpoint, scratch / MODEL_FILE, fp16=fp16, weights=weights)
         _check_compatible(model_dir, exported.metadata)
         version = (versions(model_dir) or [0])[-1] + 1
         target = model_dir / str(version)

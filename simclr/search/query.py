@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simclr.data.decoding import decode_many
 from simclr.embed.encoder import Encoder, same_model
 from simclr.embed.features import Features, load_features
-from simclr.embed.reader import decode_many, scan_inputs
+from simclr.embed.reader import scan_inputs
 from simclr.search.index import build_index, index_path, load_index, save_index, search
 
 log = logging.getLogger("simclr")

@@ -37,7 +37,7 @@ def epoch_batches(dataset: ImageFiles | InMemoryImages, sampler: ResumableSample
                   seed: int, pin_memory: bool) -> Iterator[torch.Tensor]:
     """uint8 [batch_size, 3, H, W] batches of one epoch (an incomplete last batch is dropped)."""
     if isinstance(dataset, InMemoryImages):
-        indices = torch.tensor(list(sampler), dtype=torch.long)
+        indices = torch.tensor(list(sampler), dtype=torch.long, device=dataset.images.device)
         for start in range(0, len(indices) - batch_size + 1, batch_size):
             yield dataset.images[indices[start:start + batch_size]]
         return

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from simclr.atomic import atomic_write_text
-from simclr.data.datasets import training_images
+from simclr.data.datasets import InMemoryImages, training_images
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
@@ -147,7 +147,11 @@ class Trainer:
 
         # Data
         self.dataset = training_images(config.data, Path(config.data_root) if config.data_root else None,
-                                       config.decode_size)
+                                       config.decode_size, config.workers, config.in_memory)
+        if isinstance(self.dataset, InMemoryImages) and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self.dataset.images.nbytes < free // 4:  # batches are then gathered on the GPU: no copies per step
+                self.dataset = dataclasses.replace(self.dataset, images=self.dataset.images.to(device))
         self.steps_per_epoch = len(ResumableSampler(len(self.dataset), config.seed, 0)) // self.local_batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"--batch-size {config.batch_size} is larger than the {len(self.dataset)} images "

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from simclr.train.config import ModelConfig
+from simclr.train.config import STEMS, ModelConfig
 
 # (block, blocks per stage) as in torchvision's resnet18/34/50.
 RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -19,9 +19,10 @@ RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 class ResNetEncoder(nn.Module):
     """ResNet trunk that maps float images in [0, 1], [N, 3, H, W], to h = globally pooled features [N, D].
 
-    The mean/std normalisation is part of the module, so an exported encoder carries it. With `cifar_stem`
-    the first layer is a 3x3 stride-1 convolution with no max-pool (for 32 px images); otherwise the standard
-    7x7 stride-2 convolution and max-pool. `width` scales every stage's channels (1.0 = torchvision's).
+    The mean/std normalisation is part of the module, so an exported encoder carries it. The stem: `cifar`, a
+    3x3 stride-1 convolution with no max-pool (32 px images keep 32x32 maps); `small`, a 3x3 stride-2 convolution
+    with no max-pool (64 px photos get 32x32 maps, the cost per image of the CIFAR model); `imagenet`, torchvision's
+    7x7 stride-2 convolution and max-pool (a quarter of the side). `width` scales every stage's channels.
     """
 
     def __init__(self, config: ModelConfig, zero_init_residual: bool = True) -> None:
@@ -32,12 +33,7 @@ class ResNetEncoder(nn.Module):
         base = max(1, round(64 * config.width))
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
-        if config.cifar_stem:
-            stem = [nn.Conv2d(3, base, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(base), nn.ReLU(inplace=True)]
-        else:
-            stem = [nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(base),
-                    nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
-        self.stem = nn.Sequential(*stem)
+        self.stem = _stem(config.stem, base)
         stages, channels = [], base
         for index, depth in enumerate(depths):
             planes = base * 2**index
@@ -80,6 +76,17 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
+
+
+def _stem(kind: str, channels: int) -> nn.Sequential:
+    if kind == "imagenet":
+        return nn.Sequential(nn.Conv2d(3, channels, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(channels),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+    if kind not in ("cifar", "small"):
+        raise ValueError(f"--stem {kind!r}: choose one of {', '.join(STEMS)}")
+    stride = 1 if kind == "cifar" else 2
+    return nn.Sequential(nn.Conv2d(3, channels, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU(inplace=True))
 
 
 class ProjectionHead(nn.Module):

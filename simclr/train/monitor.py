@@ -40,7 +40,7 @@ class KnnMonitor:
         if source not in TORCHVISION_DATASETS and not (Path(source) / "train").is_dir():
             raise ValueError(f"--knn-every needs labelled data: --knn-data cifar10|cifar100|stl10 or a folder with "
                              f"train/ and test/ class folders (got {source})")
-        train, test = labelled_splits(source, config.data_root, config.augment.image_size)
+        train, test = labelled_splits(source, config.data_root, config.augment.image_size, config.workers)
         self.train = train.subset(config.knn_samples, config.seed)
         self.test = test.subset(max(1, config.knn_samples // 5), config.seed)
         self.num_classes = len(train.classes) or int(train.labels.max()) + 1

@@ -1,0 +1,45 @@
+"""Decoding many image files in worker processes: results come back in input order, memory stays bounded."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from simclr.data.images import DECODE_ERRORS, load_image
+
+
+def decode_many(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Decode files to uint8 [n_ok, size, size, 3]; per path the failure reason or None (runs in a worker)."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(load_image(Path(path), size))
+            errors.append(None)
+        except DECODE_ERRORS as error:
+            errors.append(f"{type(error).__name__}: {str(error).strip() or 'unreadable'}")
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, errors
+
+
+def decode_chunks(chunks: Sequence[Sequence[str | Path]], size: int, workers: int | None = None,
+                  prefetch: int = 2) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    """`decode_many` of each chunk of paths, in order. Decoding runs in `workers` processes (None: one per CPU;
+    0: in this process), at most `prefetch` chunks per worker ahead of the consumer."""
+    workers = os.cpu_count() or 1 if workers is None else workers
+    if workers == 0:
+        for chunk in chunks:
+            yield decode_many(chunk, size)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending: deque[Future] = deque()
+        next_chunk = 0
+        while pending or next_chunk < len(chunks):
+            while next_chunk < len(chunks) and len(pending) < workers * prefetch:
+                pending.append(pool.submit(decode_many, chunks[next_chunk], size))
+                next_chunk += 1
+            yield pending.popleft().result()
