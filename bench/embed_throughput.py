@@ -24,7 +24,7 @@ from simclr.data.datasets import torchvision_split
 from simclr.data.images import find_images
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.runner import embed_images
-from simclr.export.onnx_export import load_encoder
+from simclr.train.checkpoint import load_encoder
 
 
 def photo_folder(count: int, folder: Path = REPO / ".cache" / "bench_photos") -> Path:

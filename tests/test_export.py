@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 from simclr.cli.app import app
 from simclr.export.layout import sha256_of, sha256_parameter
-from simclr.export.onnx_export import UInt8Encoder, export_onnx, load_encoder, run_onnx
+from simclr.export.onnx_export import export_onnx, run_onnx
 from simclr.export.repository import ServingOptions, export_to_repository
+from simclr.train.checkpoint import load_encoder
+from simclr.train.model import UInt8Encoder
 
 from conftest import train_cli
 
@@ -98,7 +100,7 @@ def test_every_architecture_exports_with_parity(arch: str, image_folder: Path, t
 
 def test_fp16_export_meets_its_stated_tolerance(tiny_run: Path, tmp_path: Path) -> None:
     exported = export_onnx(tiny_run, tmp_path / "half.onnx", fp16=True)
-    assert exported.metadata["precision"] == "fp16"
+    assert exported.metadata.precision == "fp16"
     assert exported.max_abs_diff <= exported.tolerance
     assert run_onnx(tmp_path / "half.onnx", np.zeros((2, 32, 32, 3), np.uint8)).dtype == np.float32
 
@@ -134,7 +136,7 @@ def test_a_version_with_another_image_size_is_refused(tiny_run: Path, image_fold
 def test_fp16_weights_halve_the_file_keep_fp32_compute_and_parity(tiny_run: Path, tmp_path: Path) -> None:
     full = export_onnx(tiny_run, tmp_path / "fp32.onnx")
     half = export_onnx(tiny_run, tmp_path / "fp16.onnx", weights="fp16")
-    assert half.metadata["weights"] == "fp16" and full.metadata["weights"] == "fp32"
+    assert half.metadata.weights == "fp16" and full.metadata.weights == "fp32"
     assert half.max_abs_diff <= half.tolerance
     assert (tmp_path / "fp16.onnx").stat().st_size < 0.6 * (tmp_path / "fp32.onnx").stat().st_size
     graph = onnx.load(str(tmp_path / "fp16.onnx")).graph

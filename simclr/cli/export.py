@@ -46,7 +46,7 @@ def export_command(
         model = export_to_repository(checkpoint, repo, name, options, fp16=fp16, weights=weights)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),
                "config": str(model.config_path), "max_abs_diff": model.export.max_abs_diff,
-               "tolerance": model.export.tolerance, "metadata": model.export.metadata}
+               "tolerance": model.export.tolerance, "metadata": model.export.metadata.to_props()}
     if json_output:
         print_json(summary)
     else:

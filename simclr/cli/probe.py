@@ -40,10 +40,9 @@ def _encoder(model, server, protocol, model_name, model_version, checkpoint, bas
         reference = open_encoder(model, server, protocol, model_name, model_version, device)
         if baseline is None:
             return reference
-        size = reference.identity.image_size
-        metadata = getattr(reference, "metadata", None)
+        size, metadata = reference.identity.image_size, reference.metadata
         if baseline == "random" and metadata is None:
-            raise ValueError("--baseline random needs the architecture: give --model or --checkpoint, not --server")
+            raise ValueError("--baseline random needs the architecture, and this model does not record one")
         config = model_config_from_metadata(metadata) if metadata else None
     return PixelEncoder(size) if baseline == "pixels" else TorchEncoder.random(config, size, device=torch_device)
 

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from simclr.export.layout import ModelMetadata
+
 
 class EncoderError(RuntimeError):
     """An encoder that cannot run: server down, model missing, input that does not fit."""
@@ -30,6 +32,7 @@ class ModelIdentity:
 
 class Encoder(Protocol):
     identity: ModelIdentity
+    metadata: ModelMetadata | None  # what the model records about itself; None for a baseline without one
     source: str  # where the model runs: an ONNX file path, or protocol://host:port of a Triton server
 
     def embed(self, images: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from simclr.embed.encoder import EncoderError, ModelIdentity, check_batch
-from simclr.export.layout import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, sha256_of, versions
+from simclr.export.layout import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelMetadata, sha256_of, versions
 
 MODEL_ENVIRONMENT = "SIMCLR_MODEL"
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model_repository" / "simclr_resnet18"
@@ -56,14 +56,14 @@ class OnnxEncoder:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
             raise EncoderError(f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "image_size" not in props or "embedding_dim" not in props:
-            raise EncoderError(f"{self.path}: not a simclr encoder (no image_size/embedding_dim metadata)")
-        self.metadata = dict(props)
+        try:
+            self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
+        except ValueError as error:
+            raise EncoderError(str(error)) from None
         version = self.path.parent.name if self.path.parent.name.isdigit() else ""
         name = self.path.parent.parent.name if version else self.path.stem
-        self.identity = ModelIdentity(name, version, sha256_of(self.path), int(props["image_size"]),
-                                      int(props["embedding_dim"]))
+        self.identity = ModelIdentity(name, version, sha256_of(self.path), self.metadata.image_size,
+                                      self.metadata.embedding_dim)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.identity)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from simclr.embed.encoder import ModelIdentity, check_batch
-from simclr.export.layout import sha256_of
-from simclr.export.onnx_export import UInt8Encoder, load_encoder, resolve_checkpoint
+from simclr.export.layout import ModelMetadata, sha256_of
+from simclr.train.checkpoint import load_encoder, resolve_checkpoint
 from simclr.train.config import ModelConfig
-from simclr.train.model import ResNetEncoder
+from simclr.train.model import ResNetEncoder, UInt8Encoder
 
 
 class TorchEncoder:
@@ -24,6 +23,9 @@ class TorchEncoder:
         self.model_config = model_config
         self.device = device
         self.identity = ModelIdentity(identity_name, "", sha256, image_size, encoder.feature_dim)
+        self.metadata = ModelMetadata(image_size=image_size, embedding_dim=encoder.feature_dim,
+                                      architecture=model_config.arch, width=model_config.width,
+                                      stem=model_config.stem, mean=model_config.mean, std=model_config.std)
         self.source = source
 
     @classmethod
@@ -46,11 +48,10 @@ class TorchEncoder:
         return self.model(torch.from_numpy(images).to(self.device)).cpu().numpy()
 
 
-def model_config_from_metadata(metadata: dict[str, str]) -> ModelConfig:
+def model_config_from_metadata(metadata: ModelMetadata) -> ModelConfig:
     """The encoder architecture an exported model records (for a random-weights baseline of the same shape)."""
-    stem = metadata.get("stem") or ("cifar" if metadata["cifar_stem"] == "true" else "imagenet")
-    return ModelConfig(arch=metadata["architecture"], width=float(metadata["width"]), stem=stem,
-                       mean=tuple(json.loads(metadata["mean"])), std=tuple(json.loads(metadata["std"])))
+    return ModelConfig(arch=metadata.architecture, width=metadata.width, stem=metadata.stem, mean=metadata.mean,
+                       std=metadata.std)
 
 
 class PixelEncoder:
@@ -58,6 +59,7 @@ class PixelEncoder:
 
     def __init__(self, image_size: int) -> None:
         self.identity = ModelIdentity("pixels", "", "", image_size, image_size * image_size * 3)
+        self.metadata = None
         self.source = "pixels"
 
     def embed(self, images: np.ndarray) -> np.ndarray:

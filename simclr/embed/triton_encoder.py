@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simclr.embed.encoder import EncoderError, ModelIdentity, check_batch
-from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, sha256_parameter
+from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sha256_parameter
 
 PROTOCOLS = ("http", "grpc")
 T = TypeVar("T")
@@ -52,6 +52,10 @@ class TritonEncoder:
         self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
         dims = [int(d) for d in config["input"][0]["dims"]]
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        try:
+            self.metadata: ModelMetadata | None = ModelMetadata.from_props(parameters, f"{self.source}/{model_name}")
+        except ValueError:  # a model not exported by simclr: no architecture to tell
+            self.metadata = None
         self.identity = ModelIdentity(model_name, self.version, parameters.get(sha256_parameter(self.version), ""),
                                       dims[0], int(config["output"][0]["dims"][0]))
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="triton-request")

@@ -1,14 +1,66 @@
-"""The names the exported model and the model repository agree on (no heavy imports: clients use them too)."""
+"""The names and metadata the exported model and the model repository agree on (no heavy imports: clients use them
+too)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported encoder records about itself: ONNX metadata_props, mirrored as config.pbtxt parameters."""
+
+    image_size: int
+    embedding_dim: int
+    architecture: str
+    width: float
+    stem: str  # cifar, small or imagenet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    precision: str = "fp32"  # compute: fp32 or fp16
+    weights: str = "fp32"  # storage: fp32 or fp16 (cast to float32 in the graph)
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+
+    def to_props(self) -> dict[str, str]:
+        """String key/values for ONNX metadata_props and Triton parameters."""
+        props = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, tuple):
+                value = json.dumps(list(value))
+            elif isinstance(value, Mapping):
+                value = json.dumps(dict(value), sort_keys=True)
+            props[item.name] = str(value)
+        props["cifar_stem"] = str(self.stem == "cifar").lower()  # what readers of files before `stem` look for
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str | Path) -> ModelMetadata:
+        """Parse metadata_props or Triton parameters; ValueError names `source` when a key is missing or bad."""
+        try:
+            stem = props.get("stem") or ("cifar" if props["cifar_stem"] == "true" else "imagenet")
+            return cls(image_size=int(props["image_size"]), embedding_dim=int(props["embedding_dim"]),
+                       architecture=props["architecture"], width=float(props["width"]), stem=stem,
+                       mean=tuple(json.loads(props["mean"])), std=tuple(json.loads(props["std"])),
+                       precision=props.get("precision", "fp32"), weights=props.get("weights", "fp32"),
+                       recipe=json.loads(props.get("recipe", "{}")),
+                       checkpoint_sha256=props.get("checkpoint_sha256", ""))
+        except KeyError as missing:
+            raise ValueError(f"{source}: not a simclr encoder (its metadata has no {missing.args[0]})") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: unreadable simclr metadata ({error})") from None
 
 
 def sha256_parameter(version: int | str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -10,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from simclr.atomic import default_mode
-from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, sha256_of
-from simclr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sha256_of
+from simclr.train.checkpoint import load_encoder, resolve_checkpoint
 from simclr.train.config import TrainConfig
-from simclr.train.model import ResNetEncoder
+from simclr.train.model import ResNetEncoder, UInt8Encoder
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch
@@ -30,70 +28,25 @@ class ExportError(ValueError):
     """The export could not produce a model that matches the checkpoint."""
 
 
-class UInt8Encoder(nn.Module):
-    """The served encoder: uint8 [N, H, W, 3] RGB -> float32 h [N, D]. Cast, scaling and NHWC->NCHW happen here,
-    the mean/std normalisation inside `encoder`, so a client sends raw pixels and cannot get them wrong."""
-
-    def __init__(self, encoder: ResNetEncoder, half: bool = False) -> None:
-        super().__init__()
-        self.encoder = encoder.half() if half else encoder
-        self.half = half
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        pixels = image.permute(0, 3, 1, 2).float() / 255.0
-        if self.half:
-            pixels = pixels.half()
-        return self.encoder.features(pixels).float()
-
-
 @dataclass(frozen=True)
 class ExportedModel:
     path: Path
-    metadata: dict[str, str]
+    metadata: ModelMetadata
     max_abs_diff: float
     tolerance: float
 
 
-def resolve_checkpoint(source: Path) -> Path:
-    """A checkpoint file, or a run directory's last.pt; FileNotFoundError names what is missing."""
-    source = Path(source)
-    if source.is_dir():
-        source = source / CHECKPOINT_NAME
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such checkpoint (give a last.pt or a run directory holding one)")
-    return source
-
-
-def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
-    """Encoder f (eval mode) and the run's config from a training checkpoint."""
-    state = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
-    encoder = ResNetEncoder(config.model)
-    encoder.load_state_dict(state["encoder"])
-    return encoder.eval(), config
-
-
 def model_metadata(config: TrainConfig, encoder: ResNetEncoder, checkpoint_sha256: str, fp16: bool,
-                   weights: str = "fp32") -> dict[str, str]:
-    """What a user of the exported model needs to know, as strings (ONNX metadata_props, Triton parameters)."""
+                   weights: str = "fp32") -> ModelMetadata:
+    """What a user of the exported model needs to know (ONNX metadata_props, Triton parameters)."""
     recipe = {"data": config.data, "preset": config.preset, "epochs": config.epochs, "batch_size": config.batch_size,
               "temperature": config.temperature, "optimizer": config.optim.optimizer, "base_lr": config.optim.base_lr,
-              "color_strength": config.augment.color_strength, "blur_p": config.augment.blur_p,
-              "head_out": config.model.head_out, "seed": config.seed}
-    return {
-        "image_size": str(config.augment.image_size),
-        "embedding_dim": str(encoder.feature_dim),
-        "architecture": config.model.arch,
-        "width": str(config.model.width),
-        "stem": config.model.stem,
-        "cifar_stem": str(config.model.stem == "cifar").lower(),  # read by models exported before `stem`
-        "mean": json.dumps(list(config.model.mean)),
-        "std": json.dumps(list(config.model.std)),
-        "precision": "fp16" if fp16 else "fp32",
-        "weights": weights,
-        "recipe": json.dumps(recipe, sort_keys=True),
-        "checkpoint_sha256": checkpoint_sha256,
-    }
+              "weight_decay": config.optim.weight_decay, "color_strength": config.augment.color_strength,
+              "blur_p": config.augment.blur_p, "head_out": config.model.head_out, "seed": config.seed}
+    return ModelMetadata(image_size=config.augment.image_size, embedding_dim=encoder.feature_dim,
+                         architecture=config.model.arch, width=config.model.width, stem=config.model.stem,
+                         mean=config.model.mean, std=config.model.std, precision="fp16" if fp16 else "fp32",
+                         weights=weights, recipe=recipe, checkpoint_sha256=checkpoint_sha256)
 
 
 def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, weights: str = "fp32",
@@ -137,7 +90,7 @@ def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, weights: s
         model = onnx.load(str(draft))
         if weights == "fp16":
             model = store_weights_fp16(model)
-        onnx.helper.set_model_props(model, metadata)
+        onnx.helper.set_model_props(model, metadata.to_props())
         onnx.save(model, str(draft))
         actual = run_onnx(draft, images.numpy())
         difference = float(np.abs(actual - reference).max())

@@ -15,6 +15,7 @@ from simclr.export.layout import (
     INPUT_NAME,
     MODEL_FILE,
     OUTPUT_NAME,
+    ModelMetadata,
     sha256_of,
     sha256_parameter,
     versions,
@@ -50,20 +51,20 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def triton_config(name: str, metadata: dict[str, str], options: ServingOptions, backend: str = "onnxruntime",
-                  instance_kind: str = "KIND_AUTO") -> str:
+def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, hashes: dict[str, str],
+                  backend: str = "onnxruntime", instance_kind: str = "KIND_AUTO") -> str:
     """config.pbtxt text for the official Triton container, serving every version (older ones on request).
 
-    `metadata` becomes string parameters (the ONNX metadata plus each version's onnx_sha256_v<N>).
+    `metadata` becomes string parameters, with `hashes` (each version's onnx_sha256_v<N>).
     """
-    size, dim = int(metadata["image_size"]), int(metadata["embedding_dim"])
+    size, dim = metadata.image_size, metadata.embedding_dim
     preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or [options.max_batch_size]
     batching = (f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
                 f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n}}\n"
                 if options.dynamic_batching else "")
     parameters = "\n".join(
         f'parameters {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}'
-        for key, value in sorted(metadata.items()))
+        for key, value in sorted({**metadata.to_props(), **hashes}.items()))
     return f"""name: "{name}"
 backend: "{backend}"
 max_batch_size: {options.max_batch_size}
@@ -125,21 +126,23 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
         raise
     config_path = model_dir / CONFIG_FILE
     hashes = {sha256_parameter(v): sha256_of(model_dir / str(v) / MODEL_FILE) for v in versions(model_dir)}
-    atomic_write_text(config_path, triton_config(name, {**exported.metadata, **hashes}, options))
+    atomic_write_text(config_path, triton_config(name, exported.metadata, options, hashes))
     return RepositoryModel(name, version, target / MODEL_FILE, config_path,
                            dataclasses.replace(exported, path=target / MODEL_FILE))
 
 
-def _check_compatible(model_dir: Path, metadata: dict[str, str]) -> None:
+def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:
     """All versions of one Triton model share config.pbtxt, so their input and output shapes must agree."""
     import onnx
 
     existing = versions(model_dir)
     if not existing:
         return
-    served = onnx.load(str(model_dir / str(existing[-1]) / MODEL_FILE), load_external_data=False)
-    props = {prop.key: prop.value for prop in served.metadata_props}
+    served_path = model_dir / str(existing[-1]) / MODEL_FILE
+    served_model = onnx.load(str(served_path), load_external_data=False)
+    served = ModelMetadata.from_props({prop.key: prop.value for prop in served_model.metadata_props}, served_path)
     for key in ("image_size", "embedding_dim"):
-        if props.get(key) != metadata[key]:
-            raise ValueError(f"{model_dir.name} version {existing[-1]} has {key} {props.get(key)}, this checkpoint "
-                             f"{metadata[key]}; all versions share one config.pbtxt: export under another --name")
+        if getattr(served, key) != getattr(metadata, key):
+            raise ValueError(f"{model_dir.name} version {existing[-1]} has {key} {getattr(served, key)}, this "
+                             f"checkpoint {getattr(metadata, key)}; all versions share one config.pbtxt: export "
+                             "under another --name")

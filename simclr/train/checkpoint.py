@@ -1,4 +1,4 @@
-"""Atomic checkpoint files, loaded with torch's weights-only (pickle-safe) loader."""
+"""Atomic checkpoint files, loaded with torch's weights-only (pickle-safe) loader; encoder f read back from one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from simclr.atomic import atomic_write_bytes
+from simclr.train.config import TrainConfig
+from simclr.train.model import ResNetEncoder
 
 CHECKPOINT_NAME = "last.pt"
 CONFIG_NAME = "config.json"
@@ -36,3 +38,22 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "encoder" not in state:
         raise CheckpointError(f"{path}: not a simclr training checkpoint")
     return state
+
+
+def resolve_checkpoint(source: Path) -> Path:
+    """A checkpoint file, or a run directory's last.pt; FileNotFoundError names what is missing."""
+    source = Path(source)
+    if source.is_dir():
+        source = source / CHECKPOINT_NAME
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such checkpoint (give a last.pt or a run directory holding one)")
+    return source
+
+
+def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
+    """Encoder f (eval mode) and the run's config from a training checkpoint."""
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    encoder = ResNetEncoder(config.model)
+    encoder.load_state_dict(state["encoder"])
+    return encoder.eval(), config

@@ -123,3 +123,19 @@ class SimCLRModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder.features(images))
+
+
+class UInt8Encoder(nn.Module):
+    """The served encoder: uint8 [N, H, W, 3] RGB -> float32 h [N, D]. Cast, scaling and NHWC->NCHW happen here,
+    the mean/std normalisation inside `encoder`, so a client sends raw pixels and cannot get them wrong."""
+
+    def __init__(self, encoder: ResNetEncoder, half: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder.half() if half else encoder
+        self.half = half
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = image.permute(0, 3, 1, 2).float() / 255.0
+        if self.half:
+            pixels = pixels.half()
+        return self.encoder.features(pixels).float()
