@@ -149,7 +149,7 @@ def test_embedding_through_triton_equals_local(triton, kinds_folder: Path, tiny_
     assert local.exit_code == 0, local.output
     np.testing.assert_allclose(np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy"), atol=1e-5, rtol=0)
     remote_model = load_features(tmp_path / "remote.npy").model
-    assert remote_model["sha256"] == load_features(tmp_path / "local.npy").model["sha256"]
+    assert remote_model.sha256 == load_features(tmp_path / "local.npy").model.sha256
 
 
 def test_normalize_gives_unit_rows(kinds_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
 from simclr.cli.app import app
+from simclr.embed.encoder import ModelIdentity
 from simclr.embed.features import load_features
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.runner import embed_images
+from simclr.embed.sidecar import FeaturesHeader
 from simclr.search.index import build_index, index_path, load_index, save_index, search
 
 
@@ -123,7 +125,8 @@ def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None
     centres = rng.standard_normal((100, 32))
     vectors = (centres[rng.integers(0, 100, 20_000)] + 0.3 * rng.standard_normal((20_000, 32))).astype(np.float32)
     np.save(tmp_path / "feats.npy", vectors)
-    header = {"format": "simclr-embeddings", "version": 1, "model": {}}
+    header = FeaturesHeader(ModelIdentity("synthetic", "1", "", 32, 32), "", ("synthetic",), ".", False,
+                            len(vectors)).to_json()
     records = [json.dumps({"row": i, "path": f"{i}.png"}) for i in range(len(vectors))]
     summary = json.dumps({"summary": {"rows": len(vectors), "failed": 0, "dim": 32}})
     (tmp_path / "feats.jsonl").write_text("\n".join([json.dumps(header), *records, summary]) + "\n")

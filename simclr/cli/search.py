@@ -77,7 +77,7 @@ def search_command(
     setup_logging()
     with user_errors(EncoderError, ModelMismatchError, NoImagesError):
         features, faiss_index = open_index(index)
-        recorded = features.model.get("source", "")
+        recorded = features.header.model_source
         if not (model or server) and recorded and Path(recorded).is_file():
             model = recorded
         encoder = open_encoder(model, server, protocol, model_name, model_version, device, threads)

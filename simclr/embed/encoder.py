@@ -40,12 +40,12 @@ class Encoder(Protocol):
         ...
 
 
-def same_model(recorded: dict, identity: ModelIdentity) -> bool:
+def same_model(recorded: ModelIdentity, identity: ModelIdentity) -> bool:
     """Whether `identity` is the model a features file records (by ONNX sha256 where both know it)."""
-    if recorded.get("sha256") and identity.sha256:
-        return recorded["sha256"] == identity.sha256
+    if recorded.sha256 and identity.sha256:
+        return recorded.sha256 == identity.sha256
     keys = ("name", "version", "image_size", "embedding_dim")
-    return all(str(recorded.get(key)) == str(getattr(identity, key)) for key in keys)
+    return all(getattr(recorded, key) == getattr(identity, key) for key in keys)
 
 
 def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.embed.writer import SIDECAR_FORMAT, sidecar_path
+from simclr.embed.encoder import ModelIdentity
+from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,11 @@ class Features:
     paths: list[str]
     labels: list[str | None]
     failures: list[dict]
-    header: dict
+    header: FeaturesHeader
 
     @property
-    def model(self) -> dict:
-        return self.header["model"]
+    def model(self) -> ModelIdentity:
+        return self.header.model
 
 
 def load_features(path: Path) -> Features:
@@ -40,9 +41,7 @@ def load_features(path: Path) -> Features:
     except ValueError as error:
         raise ValueError(f"{path}: not a .npy array ({error})") from None
     with open(sidecar) as file:
-        header = json.loads(file.readline())
-        if header.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{sidecar}: not a simclr-embed sidecar")
+        header = FeaturesHeader.from_json(json.loads(file.readline()), sidecar)
         paths, labels, failures, summary = [], [], [], None
         for line in file:
             record = json.loads(line)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from simclr.embed.encoder import Encoder
 from simclr.embed.reader import decoded_batches, scan_inputs
+from simclr.embed.sidecar import FeaturesHeader
 from simclr.embed.writer import FeatureWriter
 
 
@@ -38,9 +39,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     entries = scan_inputs(inputs)
-    header = {"model": {**encoder.identity.as_dict(), "source": encoder.source},
-              "inputs": [str(p) for p in inputs], "cwd": os.getcwd(), "normalized": normalize,
-              "images": len(entries)}
+    header = FeaturesHeader(encoder.identity, encoder.source, tuple(str(p) for p in inputs), os.getcwd(), normalize,
+                            len(entries))
     started = time.perf_counter()
     failures: list[tuple[str, str]] = []
     with FeatureWriter(out, encoder.identity.embedding_dim, header, resume) as writer:

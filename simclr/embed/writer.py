@@ -15,20 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from simclr.atomic import atomic_write_bytes
-
-SIDECAR_FORMAT = "simclr-embeddings"
-SIDECAR_VERSION = 1
-
-
-def sidecar_path(features_path: Path) -> Path:
-    """feats.npy -> feats.jsonl"""
-    return Path(features_path).with_suffix(".jsonl")
+from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
 
 class FeatureWriter:
     """Append embeddings and per-image records; `finish()` publishes feats.npy and feats.jsonl."""
 
-    def __init__(self, out: Path, dim: int, header: dict, resume: bool) -> None:
+    def __init__(self, out: Path, dim: int, header: FeaturesHeader, resume: bool) -> None:
         self.out = Path(out)
         if self.out.suffix != ".npy":
             raise ValueError(f"--out {out}: must end in .npy")
@@ -36,7 +29,7 @@ class FeatureWriter:
         self.sidecar = sidecar_path(self.out)
         self.rows_partial = Path(f"{self.out}.partial")
         self.records_partial = Path(f"{self.sidecar}.partial")
-        self.header = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **header}
+        self.header = header
         self.rows = 0
         self.done = 0  # images handled (embedded or failed): where a resumed run starts
         self.failed = 0
@@ -45,7 +38,7 @@ class FeatureWriter:
         else:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.rows_partial.write_bytes(b"")
-            self.records_partial.write_text(json.dumps(self.header) + "\n")
+            self.records_partial.write_text(json.dumps(self.header.to_json()) + "\n")
         # Open for the writer's lifetime; close() and finish() close them (the writer is a context manager).
         self._rows_file = open(self.rows_partial, "ab")  # noqa: SIM115
         self._records_file = open(self.records_partial, "a")  # noqa: SIM115
@@ -56,14 +49,10 @@ class FeatureWriter:
         with open(self.records_partial) as file:
             first = file.readline()
         try:
-            saved = json.loads(first)
-        except json.JSONDecodeError:
+            saved = FeaturesHeader.from_json(json.loads(first), self.records_partial)
+        except ValueError:  # a header cut short: nothing of that run can be trusted
             return False
-        keys = ("inputs", "cwd", "normalized", "images")
-        model_keys = ("sha256", "name", "version", "embedding_dim")
-        saved_model, model = saved.get("model", {}), self.header.get("model", {})
-        if any(saved.get(key) != self.header.get(key) for key in keys) or \
-                any(saved_model.get(key) != model.get(key) for key in model_keys):
+        if not saved.same_run(self.header):
             raise ValueError(f"{self.records_partial}: the interrupted run used other inputs, model or settings; "
                              "run without --resume to start over")
         return True

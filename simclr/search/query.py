@@ -56,10 +56,10 @@ def check_model(features: Features, encoder: Encoder) -> None:
     if not same_model(features.model, encoder.identity):
         recorded = features.model
         raise ModelMismatchError(
-            f"{features.path} was embedded with model {recorded['name']} v{recorded['version']} "
-            f"(sha256 {recorded['sha256'][:12]}), but the query model is {encoder.identity.name} "
+            f"{features.path} was embedded with model {recorded.name} v{recorded.version} "
+            f"(sha256 {recorded.sha256[:12]}), but the query model is {encoder.identity.name} "
             f"v{encoder.identity.version} (sha256 {encoder.identity.sha256[:12]}); pass the index's model "
-            f"with --model {recorded.get('source', 'PATH')}")
+            f"with --model {features.header.model_source or 'PATH'}")
 
 
 def search_images(queries: Sequence[Path], features: Features, index, encoder: Encoder, k: int = 10

@@ -1,0 +1,56 @@
+"""The feats.jsonl sidecar's first line: which model embedded which inputs, and how (one typed header)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simclr.embed.encoder import ModelIdentity
+
+SIDECAR_FORMAT = "simclr-embeddings"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(features_path: Path) -> Path:
+    """feats.npy -> feats.jsonl"""
+    return Path(features_path).with_suffix(".jsonl")
+
+
+@dataclass(frozen=True)
+class FeaturesHeader:
+    """The sidecar's header record: the model's identity and where it ran, the inputs as given, the working
+    directory they are relative to, whether rows are L2-normalised, and how many images the inputs hold."""
+
+    model: ModelIdentity
+    model_source: str  # an ONNX file path, or protocol://host:port of a Triton server
+    inputs: tuple[str, ...]
+    cwd: str
+    normalized: bool
+    images: int
+
+    def to_json(self) -> dict[str, Any]:
+        model = {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256,
+                 "image_size": self.model.image_size, "embedding_dim": self.model.embedding_dim,
+                 "source": self.model_source}
+        return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "model": model, "inputs": list(self.inputs),
+                "cwd": self.cwd, "normalized": self.normalized, "images": self.images}
+
+    @classmethod
+    def from_json(cls, record: Any, source: Path) -> FeaturesHeader:
+        """Parse a header record; ValueError names `source` when it is not one."""
+        if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"{source}: not a simclr-embed sidecar (its first line is no {SIDECAR_FORMAT} header)")
+        try:
+            model = record["model"]
+            identity = ModelIdentity(str(model["name"]), str(model["version"]), str(model["sha256"]),
+                                     int(model["image_size"]), int(model["embedding_dim"]))
+            return cls(identity, str(model.get("source", "")), tuple(str(p) for p in record["inputs"]),
+                       str(record["cwd"]), bool(record["normalized"]), int(record["images"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: damaged sidecar header ({type(error).__name__}: {error})") from None
+
+    def same_run(self, other: FeaturesHeader) -> bool:
+        """Whether `other` embeds the same inputs with the same model and settings (what --resume requires)."""
+        return (self.inputs, self.cwd, self.normalized, self.images) == \
+            (other.inputs, other.cwd, other.normalized, other.images) and self.model == other.model
