@@ -8,9 +8,6 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import print_json, setup_logging, user_errors
-from simclr.export.onnx_export import ExportError
-from simclr.export.repository import ServingOptions, export_to_repository
-from simclr.train.checkpoint import CheckpointError
 
 Option = typer.Option
 
@@ -39,6 +36,10 @@ def export_command(
     Checks ONNX Runtime against PyTorch on the same uint8 batch before anything is written; an existing version is
     never overwritten.
     """
+    from simclr.export.onnx_export import ExportError
+    from simclr.export.repository import ServingOptions, export_to_repository
+    from simclr.train.checkpoint import CheckpointError
+
     setup_logging()
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
                              max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)

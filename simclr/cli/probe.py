@@ -19,7 +19,6 @@ from simclr.cli.options import (
 )
 from simclr.data.images import NoImagesError
 from simclr.embed.encoder import Encoder, EncoderError, open_encoder
-from simclr.train.checkpoint import CheckpointError
 
 Option = typer.Option
 BASELINES = ("random", "pixels")
@@ -81,6 +80,7 @@ def probe_command(
     (cosine, k=200, T=0.1; top-1) of an encoder on a labelled train/test split."""
     from simclr.evaluate.linear import L2_GRID
     from simclr.evaluate.probe import confusion_matrix, evaluate_features, plot_confusion
+    from simclr.train.checkpoint import CheckpointError
 
     setup_logging()
     sources = [data is not None, train is not None or test is not None,

@@ -10,9 +10,6 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import fail, print_json, setup_logging, user_errors
-from simclr.train.checkpoint import CheckpointError
-from simclr.train.config import build_config
-from simclr.train.loop import TrainingError, TrainingInterrupted, run_config, train
 
 Option = typer.Option
 
@@ -107,6 +104,10 @@ def train_command(
 
     Distributed: torchrun --nproc-per-node K -m simclr train ... (NCCL on GPUs, gloo on CPUs).
     """
+    from simclr.train.checkpoint import CheckpointError
+    from simclr.train.config import build_config
+    from simclr.train.loop import TrainingError, TrainingInterrupted, run_config, train
+
     setup_logging()
     overrides = {
         "data": data, "data_root": str(data_root) if data_root else None, "decode_size": decode_size,

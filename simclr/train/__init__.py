@@ -1,9 +1,24 @@
-"""Training: augmentation, encoder and head, NT-Xent, LARS, and the (distributed) training loop."""
+"""Training: augmentation, encoder and head, NT-Xent, LARS, and the (distributed) training loop.
 
-from simclr.train.config import TrainConfig, build_config
-from simclr.train.loop import TrainingError, TrainingInterrupted, TrainResult, train
-from simclr.train.loss import contrastive_accuracy, nt_xent
-from simclr.train.model import ProjectionHead, ResNetEncoder, SimCLRModel
+The names below are loaded on first use, so that importing `simclr.train.config` (the recipe, which the CLI reads
+to build its options) does not import torch.
+"""
 
-__all__ = ["ProjectionHead", "ResNetEncoder", "SimCLRModel", "TrainConfig", "TrainResult", "TrainingError",
-           "TrainingInterrupted", "build_config", "contrastive_accuracy", "nt_xent", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "TrainConfig": "config", "build_config": "config",
+    "TrainingError": "loop", "TrainingInterrupted": "loop", "TrainResult": "loop", "train": "loop",
+    "contrastive_accuracy": "loss", "nt_xent": "loss",
+    "ProjectionHead": "model", "ResNetEncoder": "model", "SimCLRModel": "model",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'simclr.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"simclr.train.{_HOMES[name]}"), name)
