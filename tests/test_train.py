@@ -40,7 +40,7 @@ def test_resume_continues_exactly(image_folder: Path, tmp_path: Path) -> None:
     assert _invoke("--data", str(image_folder), "--out", str(whole), *SMALL, "--max-steps", "8").exit_code == 0
     assert _invoke("--data", str(image_folder), "--out", str(split), *SMALL, "--max-steps", "4").exit_code == 0
     assert load_checkpoint(split / "last.pt")["step"] == 4
-    resumed = _invoke("--data", str(image_folder), "--out", str(split), "--resume", "--max-steps", "8")
+    resumed = _invoke("--out", str(split), "--resume", "--max-steps", "8")  # the data comes from the run
     assert resumed.exit_code == 0, resumed.output
     expected, actual = _weights(whole), _weights(split)
     for name in expected:
@@ -48,6 +48,28 @@ def test_resume_continues_exactly(image_folder: Path, tmp_path: Path) -> None:
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "step"]
     assert steps == list(range(1, 9))
+
+
+def test_resume_refuses_a_recipe_option_that_differs_from_the_run(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--max-steps", "1").exit_code == 0
+    before = (out / "last.pt").read_bytes()
+    for args, named in ((["--epochs", "7"], "--epochs 7"), (["--temperature", "0.1"], "--temperature 0.1"),
+                        (["--data", str(tmp_path)], f"--data {tmp_path}"), (["--preset", "photo"], "--preset photo")):
+        refused = _invoke("--out", str(out), "--resume", *args)
+        assert refused.exit_code == 1 and named in refused.output and "differs from the run's" in refused.output
+        assert refused.output.count("\n") == 1
+    assert (out / "last.pt").read_bytes() == before
+    # Repeating the run's own values, and changing what only drives the run, is fine.
+    same = _invoke("--data", str(image_folder), "--out", str(out), "--resume", "--epochs", "3", "--width", "0.0625",
+                   "--max-steps", "2", "--log-every", "2", "--workers", "0")
+    assert same.exit_code == 0, same.output
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+
+
+def test_new_run_needs_data(tmp_path: Path) -> None:
+    result = _invoke("--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "--data is required for a new run" in result.output
 
 
 def test_run_directory_holds_checkpoint_config_metrics_and_curves(image_folder: Path, tmp_path: Path) -> None:
@@ -152,15 +174,39 @@ def test_folder_of_non_images_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--arch", "resnet99"], "--arch 'resnet99'"),
-    (["--optimizer", "adam"], "--optimizer 'adam'"),
     (["--batch-size", "1"], "--batch-size 1"),
-    (["--preset", "mnist"], "--preset 'mnist'"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--head-hidden", "-3"], "--head-hidden -3"),
 ])
-def test_bad_options_name_the_option(image_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_values_name_the_option(image_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
     result = _invoke("--data", str(image_folder), "--out", str(tmp_path / "run"), *args)
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag,value,choices", [
+    ("--arch", "resnet99", "'resnet18', 'resnet34', 'resnet50'"),
+    ("--optimizer", "adam", "'lars', 'sgd', 'adamw'"),
+    ("--preset", "mnist", "'cifar', 'imagenet', 'photo'"),
+    ("--stem", "tiny", "'cifar', 'imagenet', 'small'"),
+    ("--precision", "fp8", "'auto', 'fp32', 'bf16', 'fp16'"),
+    ("--lr-scaling", "log", "'linear', 'sqrt'"),
+])
+def test_options_with_fixed_values_list_their_choices(image_folder: Path, tmp_path: Path, flag: str, value: str,
+                                                      choices: str) -> None:
+    result = _invoke("--data", str(image_folder), "--out", str(tmp_path / "run"), flag, value)
+    assert result.exit_code == 2  # refused by the parser, before anything runs
+    assert flag in result.output and choices in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_choices_defaults_and_their_sources() -> None:
+    result = subprocess.run([sys.executable, "-m", "simclr", "train", "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())
+    assert "--preset <cifar|imagenet|photo>" in text and "--stem <cifar|imagenet|small>" in text
+    assert "google-research/simclr" in text and "solo-learn" in text
+    assert "[default: 1e-4 cifar and photo, 1e-6 imagenet; see --preset]" in text
+    assert "--seed <int> Seed for weights, shuffling and augmentation. [default: 0]" in text
 
 
 def test_unknown_flag_and_missing_data_root_are_refused(tmp_path: Path) -> None:

@@ -14,8 +14,14 @@ from simclr.cli.search import index_command, search_command
 from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
 
-app = typer.Typer(help="SimCLR as a tool: train an image encoder without labels, export, serve, embed, search.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+
+def _typer(**settings) -> typer.Typer:
+    # Plain help text: rich markup would swallow every "[default: ...]" of the option help as a style tag.
+    return typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None, **settings)
+
+
+app = _typer(help="SimCLR as a tool: train an image encoder without labels, export, serve, embed, search.",
+             no_args_is_help=True)
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
@@ -52,9 +58,15 @@ def main() -> None:
 
 def embed_main() -> None:
     """The `simclr-embed` script: `simclr embed` on its own."""
-    typer.run(embed_command)
+    _single(embed_command)
 
 
 def search_main() -> None:
     """The `simclr-search` script: `simclr search` on its own."""
-    typer.run(search_command)
+    _single(search_command)
+
+
+def _single(command) -> None:
+    single = _typer()
+    single.command()(command)
+    single()

@@ -1,9 +1,14 @@
-"""The training recipe as frozen dataclasses, with the paper's presets and a JSON round trip."""
+"""The training recipe as frozen dataclasses, with the paper's presets and a JSON round trip.
+
+Each field a user may set carries its command-line help (and choices) here, the one place a setting is defined:
+`simclr train` builds its options from `recipe_options()`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,20 +23,30 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 PRESETS = ("cifar", "imagenet", "photo")
 STEMS = ("cifar", "imagenet", "small")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCALINGS = ("linear", "sqrt")
+
+
+def _option(default: Any, help: str, choices: tuple[str, ...] | None = None, resumable: bool = False) -> Any:
+    """A recipe field that `simclr train` exposes as an option. `resumable`: --resume may change it (it drives the
+    run without changing what it computes)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "resumable": resumable})
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """The two-view augmentation of the paper (appendix A)."""
 
-    image_size: int = 32
+    image_size: int = _option(32, "Side of the augmented views in pixels. [default: 32 cifar, 64 photo, 224 "
+                                  "imagenet]")
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
-    color_strength: float = 0.5
+    color_strength: float = _option(0.5, "Colour distortion strength s. [default: 0.5 cifar, 1.0 photo and "
+                                         "imagenet]")
     color_p: float = 0.8
     grayscale_p: float = 0.2
-    blur_p: float = 0.0
+    blur_p: float = _option(0.0, "Gaussian blur probability (kernel 10% of the side). [default: 0 cifar, 0.5 photo "
+                                 "and imagenet]")
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
@@ -39,13 +54,17 @@ class AugmentConfig:
 class ModelConfig:
     """Encoder f (ResNet) and projection head g (MLP)."""
 
-    arch: str = "resnet18"
-    stem: str = "cifar"  # cifar: 3x3 stride 1; imagenet: 7x7 stride 2 + max-pool; small: 3x3 stride 2
-    width: float = 1.0
-    head_hidden: int = 0  # 0: the encoder's feature dimension
-    head_out: int = 128
-    head_layers: int = 2
-    head_batch_norm: bool = True
+    arch: str = _option("resnet18", "Encoder f.", ARCHITECTURES)
+    stem: str = _option("cifar", "First layer of f. cifar: 3x3 conv, stride 1, no max-pool (32 px images). small: "
+                                 "3x3 conv, stride 2, no max-pool (64 px photos: 32x32 maps). imagenet: 7x7 conv, "
+                                 "stride 2, max-pool (224 px). [default: cifar; small for photo; imagenet for "
+                                 "imagenet]", STEMS)
+    width: float = _option(1.0, "Channel width multiplier of f (0.25 = a quarter of the channels).")
+    head_hidden: int = _option(0, "Hidden width of g (0: the encoder's dimension D, as the paper; solo-learn uses "
+                                  "2048).")
+    head_out: int = _option(128, "Output dimension of g (solo-learn uses 256).")
+    head_layers: int = _option(2, "Linear layers in g.")
+    head_batch_norm: bool = _option(True, "Batch norm in g's hidden layers.")
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
 
@@ -54,40 +73,58 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule; lr = base_lr x batch/256 (or x sqrt(batch/256))."""
 
-    optimizer: str = "lars"
-    base_lr: float = 0.3
-    lr_scaling: str = "linear"
-    weight_decay: float = 1e-4
+    optimizer: str = _option("lars", "Optimiser (LARS as the paper; biases and norm parameters are excluded from "
+                                      "weight decay and adaptation).", OPTIMIZERS)
+    base_lr: float = _option(0.3, "Learning rate per 256 images: lr = base x batch/256 (or x sqrt(batch/256) with "
+                                  "--lr-scaling sqrt).")
+    lr_scaling: str = _option("linear", "How the learning rate grows with the batch.", LR_SCALINGS)
+    weight_decay: float = _option(1e-4, "Weight decay (not on biases and norm parameters). [default: 1e-4 cifar and "
+                                        "photo, 1e-6 imagenet; see --preset]")
     momentum: float = 0.9
     trust_coefficient: float = 0.001
-    warmup_epochs: float = 10.0
+    warmup_epochs: float = _option(10.0, "Linear warm-up epochs before the cosine decay.")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; saved as config.json beside every checkpoint."""
 
-    data: str = "cifar10"
-    data_root: str | None = None
-    preset: str = "cifar"
-    decode_size: int = 32  # images are decoded to this square, then randomly cropped to augment.image_size
-    batch_size: int = 512  # global, across all processes
-    epochs: int = 100
-    max_steps: int | None = None
-    temperature: float = 0.5
-    seed: int = 0
-    workers: int = 2
-    in_memory: bool | None = None  # folder data decoded once into memory; None: when it fits in half the free memory
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: bool = False
-    sync_batch_norm: bool = True
-    save_every_minutes: float = 0.0
-    log_every: int = 10
-    knn_every: int = 0
-    knn_data: str | None = None
-    knn_samples: int = 10000
-    device: str = "auto"
+    data: str = _option("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root) or a folder of "
+                                   "images, searched recursively; labels are not used. Required for a new run; a "
+                                   "resumed run reads it from its config.")
+    data_root: str | None = _option(None, "Folder holding torchvision's files for --data cifar10/cifar100/stl10 "
+                                          "(e.g. what ../shared/data/cifar10.py batches DIR writes).")
+    preset: str = _option("cifar", "Recipe defaults. cifar: 32 px, CIFAR stem, colour strength 0.5, no blur, tau "
+                                   "0.5, weight decay 1e-4 (the paper's CIFAR recipe; decay as google-research/"
+                                   "simclr's CIFAR command and solo-learn). imagenet: 224 px, standard stem, strength "
+                                   "1.0, blur p=0.5, tau 0.1, decay 1e-6 (the paper's ImageNet recipe at batch "
+                                   "4096). photo: 64 px, small stem, the ImageNet augmentation and mean/std, tau 0.2, "
+                                   "decay 1e-4 (for small photos such as Tiny ImageNet; tau and decay as solo-learn). "
+                                   "[default: cifar when --image-size <= 64, else imagenet]", PRESETS)
+    decode_size: int = _option(32, "Folder images are decoded (shorter side + centre crop) to this square before "
+                                   "cropping. [default: image size, or x256/224 above 64 px]")
+    batch_size: int = _option(512, "Global batch (all processes together); the paper uses 4096.")
+    epochs: int = _option(100, "Epochs; sets the length of the cosine schedule.")
+    max_steps: int | None = _option(None, "Stop after this many optimiser steps, saving a resumable checkpoint "
+                                          "(smoke runs, benchmarks). [default: no limit]", resumable=True)
+    temperature: float = _option(0.5, "NT-Xent temperature tau (solo-learn uses 0.2 on short schedules). [default: "
+                                      "0.5 cifar, 0.2 photo, 0.1 imagenet]")
+    seed: int = _option(0, "Seed for weights, shuffling and augmentation.")
+    workers: int = _option(2, "Decoding processes for folder data.", resumable=True)
+    in_memory: bool | None = _option(None, "Decode folder data once into memory (uint8) instead of every epoch. "
+                                           "[default: when it fits in half the free memory]")
+    precision: str = _option("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a gradient scaler.", PRECISIONS)
+    channels_last: bool | None = _option(None, "channels_last memory format. [default: on for CUDA]")
+    compile: bool = _option(False, "torch.compile the model (slow start, faster steps).")
+    sync_batch_norm: bool = _option(True, "Global batch norm across processes under torchrun.")
+    save_every_minutes: float = _option(0.0, "Also save last.pt on this timer (0: only at epoch ends and on "
+                                             "SIGINT/SIGTERM).", resumable=True)
+    log_every: int = _option(10, "Steps between metrics.jsonl lines.", resumable=True)
+    knn_every: int = _option(0, "Measure kNN top-1 every N epochs (0: never).", resumable=True)
+    knn_data: str | None = _option(None, "Labelled set for the kNN monitor: cifar10, cifar100, stl10 or a folder "
+                                         "with train/ and test/ class folders. [default: --data]")
+    knn_samples: int = _option(10000, "Train images in the kNN memory (a fifth as many queries).")
+    device: str = _option("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -102,6 +139,38 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class RecipeOption:
+    """One recipe field as a command-line option."""
+
+    key: str  # dotted path in TrainConfig: "optim.base_lr"
+    name: str  # the field's name, and the option's with "-" for "_": base_lr, --base-lr
+    type: type  # int, float, str or bool
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    resumable: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def recipe_options(cls: type = TrainConfig, prefix: str = "") -> list[RecipeOption]:
+    """Every field that carries help text, in declaration order (nested configs in place)."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for item in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[item.name]):
+            options += recipe_options(hints[item.name], f"{prefix}{item.name}.")
+        elif "help" in item.metadata:
+            kinds = [kind for kind in typing.get_args(hints[item.name]) if kind is not type(None)]
+            options.append(RecipeOption(f"{prefix}{item.name}", item.name, kinds[0] if kinds else hints[item.name],
+                                        item.default, item.metadata["help"], item.metadata["choices"],
+                                        item.metadata["resumable"]))
+    return options
 
 
 # The fields each preset sets; anything the user passes overrides them. Where the values come from:
@@ -169,6 +238,26 @@ def replace(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     merged = _flatten(dataclasses.asdict(config))
     merged.update({key: value for key, value in overrides.items() if value is not None})
     return _from_dict(TrainConfig, _nest(merged))
+
+
+def resumed(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run continues with: `saved`, plus the dotted overrides --resume allows (max_steps,
+    workers, save_every_minutes, log_every, knn_every, device). Any other override must equal the saved value,
+    else ValueError names the option; None values are ignored."""
+    current = _flatten(dataclasses.asdict(saved))
+    options = {option.key: option for option in recipe_options()}
+    changes = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        option = options[key]
+        if option.resumable:
+            changes[key] = value
+        elif value != current[key]:
+            allowed = ", ".join(o.flag for o in options.values() if o.resumable)
+            raise ValueError(f"--resume: {option.flag} {value} differs from the run's {current[key]}; a resumed run "
+                             f"keeps its recipe (only {allowed} may change): start a new run with another --out")
+    return replace(saved, changes)
 
 
 def validate(config: TrainConfig) -> None:

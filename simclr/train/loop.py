@@ -22,7 +22,7 @@ from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
-from simclr.train.config import TrainConfig, replace
+from simclr.train.config import TrainConfig, resumed
 from simclr.train.curves import plot_training_curves
 from simclr.train.loss import contrastive_accuracy, nt_xent
 from simclr.train.model import SimCLRModel
@@ -33,8 +33,6 @@ log = logging.getLogger("simclr")
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "training_curves.png"
-# What --resume may change: how the run is driven, not what it computes.
-RESUMABLE_OVERRIDES = ("max_steps", "workers", "save_every_minutes", "log_every", "knn_every", "device")
 
 
 class TrainingError(RuntimeError):
@@ -69,14 +67,14 @@ def resolve_device(name: str) -> torch.device:
 def run_config(out: Path, config: TrainConfig | None, resume: bool, overrides: dict) -> TrainConfig:
     """The config a run in `out` uses: `config` for a new run, the saved one (plus driving overrides) on resume.
 
-    Refuses to start a new run over an existing one, and to resume where nothing was saved.
+    Refuses to start a new run over an existing one, to resume where nothing was saved, and to resume with a
+    recipe override that differs from the saved run's.
     """
     checkpoint = Path(out) / CHECKPOINT_NAME
     if resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: {checkpoint} does not exist (nothing to resume in --out {out})")
-        saved = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
-        return replace(saved, {key: overrides.get(key) for key in RESUMABLE_OVERRIDES})
+        return resumed(TrainConfig.from_dict(load_checkpoint(checkpoint)["config"]), overrides)
     if checkpoint.exists():
         raise FileExistsError(f"--out {out} already holds a run ({checkpoint}); pass --resume to continue it "
                               "or choose another --out")
