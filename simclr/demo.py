@@ -175,14 +175,10 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
 
 
 def _probe(encoder: OnnxEncoder, data_root: Path, train_images: int) -> dict:
-    from simclr.data.datasets import torchvision_split
-    from simclr.embed.labelled import embed_arrays
+    from simclr.embed.labelled import labelled_sets
     from simclr.evaluate.probe import evaluate_features
 
-    train = torchvision_split("cifar10", data_root, train=True).subset(train_images, 0)
-    test = torchvision_split("cifar10", data_root, train=False)
-    sets = [embed_arrays(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy(), split.classes, encoder)
-            for split in (train, test)]
-    report = evaluate_features(sets[0].features, sets[0].labels, sets[1].features, sets[1].labels, 10)
+    train, test = labelled_sets(encoder, data="cifar10", data_root=data_root, limit_train=train_images)
+    report = evaluate_features(train.features, train.labels, test.features, test.labels, len(train.classes))
     return {"linear_top1": report.linear_top1, "linear_top5": report.linear_top5, "knn_top1": report.knn_top1,
             "n_train": report.n_train, "n_test": report.n_test, "l2": report.l2}

@@ -8,32 +8,20 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import fail, print_json, setup_logging, user_errors
-from simclr.cli.options import (
-    DeviceOption,
-    ModelNameOption,
-    ModelOption,
-    ModelVersionOption,
-    ProtocolOption,
-    ServerOption,
-    ThreadsOption,
-)
+from simclr.cli.options import with_encoder_options
 from simclr.data.images import NoImagesError
-from simclr.embed.encoder import EncoderError, open_encoder
+from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.runner import embed_images
 
 Option = typer.Option
 
+@with_encoder_options
 def embed_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively).")],
     out: Annotated[Path, Option(help="Features file (float32 [N, D]); the sidecar goes beside it as .jsonl.")
                    ] = Path("feats.npy"),
-    model: ModelOption = None,
-    server: ServerOption = None,
-    protocol: ProtocolOption = "http",
-    model_name: ModelNameOption = None,
-    model_version: ModelVersionOption = "",
-    device: DeviceOption = "auto",
-    threads: ThreadsOption = None,
+    *,
+    encoder: EncoderSpec,
     batch_size: Annotated[int, Option(help="Images per encoder call.")] = 256,
     workers: Annotated[int | None, Option(help="Decoding processes (0: decode in this process). [default: all "
                                                "cores]")] = None,
@@ -50,19 +38,19 @@ def embed_command(
     """
     setup_logging()
     with user_errors(EncoderError, NoImagesError):
-        encoder = open_encoder(model, server, protocol, model_name, model_version, device, threads)
-        result = embed_images(images, out, encoder, batch_size, workers, normalize, resume)
+        model = encoder.open()
+        result = embed_images(images, out, model, batch_size, workers, normalize, resume)
     summary = {"features": str(result.features), "sidecar": str(result.sidecar), "rows": result.rows,
                "failed": result.failed, "failures": [{"path": p, "error": e} for p, e in result.failures],
                "seconds": result.seconds, "images_per_second": result.images_per_second,
-               "model": encoder.identity.as_dict()}
+               "model": model.identity.as_dict()}
     if json_output:
         print_json(summary)
     else:
         for path, error in result.failures:
             typer.echo(f"skipped {path}: {error}", err=True)
-        typer.echo(f"embedded {result.rows} images ({result.failed} failed) with {encoder.identity.name} "
-                   f"v{encoder.identity.version} in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s) "
+        typer.echo(f"embedded {result.rows} images ({result.failed} failed) with {model.identity.name} "
+                   f"v{model.identity.version} in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s) "
                    f"-> {result.features}, {result.sidecar}")
     if strict and result.failed:
         raise fail(f"--strict: {result.failed} images could not be decoded (listed in {result.sidecar})")

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from simclr.cli.common import print_json, setup_logging, user_errors
-from simclr.cli.options import (
-    DeviceOption,
-    ModelNameOption,
-    ModelOption,
-    ModelVersionOption,
-    ProtocolOption,
-    ServerOption,
-    ThreadsOption,
-)
+from simclr.cli.options import with_encoder_options
 from simclr.data.images import NoImagesError
-from simclr.embed.encoder import EncoderError, open_encoder
+from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.features import load_features
 from simclr.search.index import KINDS, build_index, index_path, save_index
 
@@ -28,8 +20,7 @@ Option = typer.Option
 
 def index_command(
     features: Annotated[Path, typer.Argument(help="Features written by simclr-embed.")] = Path("feats.npy"),
-    kind: Annotated[str, Option(help=f"{', '.join(KINDS)}: auto is exact (flat) up to 50,000 vectors, IVF above.")
-                    ] = "auto",
+    kind: Annotated[Literal[KINDS], Option(help="auto is exact (flat) up to 50,000 vectors, IVF above.")] = "auto",
     nlist: Annotated[int | None, Option(help="IVF lists. [default: 4 sqrt(N)]")] = None,
     target_recall: Annotated[float, Option(help="Approximate indexes: raise nprobe until recall@10 on a sample "
                                                 "reaches this.")] = 0.95,
@@ -50,6 +41,7 @@ def index_command(
                f"-> {index_path(features)}")
 
 
+@with_encoder_options
 def search_command(
     queries: Annotated[list[Path], typer.Argument(help="Query images, or folders of them.")],
     index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy); its index feats.faiss "
@@ -57,13 +49,8 @@ def search_command(
     k: Annotated[int, Option("-k", help="Neighbours per query.")] = 10,
     grid: Annotated[Path | None, Option(help="Also write a PNG contact sheet: each query and its neighbours.")
                     ] = None,
-    model: ModelOption = None,
-    server: ServerOption = None,
-    protocol: ProtocolOption = "http",
-    model_name: ModelNameOption = None,
-    model_version: ModelVersionOption = "",
-    device: DeviceOption = "auto",
-    threads: ThreadsOption = None,
+    *,
+    encoder: EncoderSpec,
     json_output: Annotated[bool, Option("--json", help="Print results as JSON on stdout.")] = False,
 ) -> None:
     """Find the images of the index most similar to each query (cosine similarity); prints rank, score, path.
@@ -78,14 +65,14 @@ def search_command(
     with user_errors(EncoderError, ModelMismatchError, NoImagesError):
         features, faiss_index = open_index(index)
         recorded = features.header.model_source
-        if not (model or server) and recorded and Path(recorded).is_file():
-            model = recorded
-        encoder = open_encoder(model, server, protocol, model_name, model_version, device, threads)
-        results = search_images(queries, features, faiss_index, encoder, k)
+        if not (encoder.model or encoder.server) and recorded and Path(recorded).is_file():
+            encoder = dataclasses.replace(encoder, model=recorded)
+        model = encoder.open()
+        results = search_images(queries, features, faiss_index, model, k)
         if grid:
             neighbour_grid(results, grid)
     if json_output:
-        print_json({"index": str(index), "model": encoder.identity.as_dict(),
+        print_json({"index": str(index), "model": model.identity.as_dict(),
                     "results": [dataclasses.asdict(result) for result in results]})
         return
     for result in results:

@@ -59,17 +59,31 @@ def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def open_encoder(model: str | None = None, server: str | None = None, protocol: str = "http",
-                 model_name: str | None = None, version: str = "", device: str = "auto",
-                 threads: int | None = None) -> Encoder:
-    """A Triton encoder when `server` (host:port) is given, else ONNX Runtime on `model` (a path; None: the
-    $SIMCLR_MODEL / default-model lookup)."""
-    if server:
-        from simclr.embed.triton_encoder import TritonEncoder
+PROTOCOLS = ("http", "grpc")
+DEVICES = ("auto", "cpu", "cuda")
 
-        if not model_name:
-            raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
-        return TritonEncoder(server.removeprefix("http://").removeprefix("grpc://"), model_name, version, protocol)
-    from simclr.embed.onnx_encoder import OnnxEncoder
 
-    return OnnxEncoder(Path(model) if model else None, device=device, threads=threads)
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder to run: `server` (host:port) and `model_name` for a model on Triton, else ONNX Runtime on
+    `model` (a path; None: $SIMCLR_MODEL, else the default model of the source tree)."""
+
+    model: str | None = None
+    server: str | None = None
+    protocol: str = "http"
+    model_name: str | None = None
+    model_version: str = ""
+    device: str = "auto"  # ONNX Runtime: auto (CUDA when onnxruntime-gpu has it), cpu or cuda
+    threads: int | None = None  # ONNX Runtime threads (None: all cores)
+
+    def open(self) -> Encoder:
+        if self.server:
+            from simclr.embed.triton_encoder import TritonEncoder
+
+            if not self.model_name:
+                raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
+            url = self.server.removeprefix("http://").removeprefix("grpc://")
+            return TritonEncoder(url, self.model_name, self.model_version, self.protocol)
+        from simclr.embed.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(Path(self.model) if self.model else None, device=self.device, threads=self.threads)

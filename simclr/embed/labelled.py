@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from simclr.embed.encoder import Encoder
+from simclr.embed.encoder import Encoder, EncoderSpec
 from simclr.embed.features import load_features
 from simclr.embed.reader import decoded_batches, scan_inputs
 
@@ -98,3 +98,80 @@ def features_file(path: Path, classes: tuple[str, ...] | None = None) -> Labelle
     keep = [i for i in keep if loaded.labels[i] in index]
     labels = np.asarray([index[loaded.labels[i]] for i in keep], dtype=np.int64)
     return LabelledFeatures(np.asarray(loaded.vectors[keep], dtype=np.float32), labels, names)
+
+
+BASELINES = ("random", "pixels")
+
+
+def evaluation_encoder(spec: EncoderSpec, checkpoint: Path | None = None, baseline: str | None = None) -> Encoder:
+    """The encoder to evaluate: a training checkpoint's f in PyTorch, else the exported or served model of `spec`;
+    with `baseline`, the same architecture with random weights or raw pixels at that model's image size."""
+    from simclr.embed.torch_encoder import PixelEncoder, TorchEncoder, model_config_from_metadata
+
+    torch_device = "cuda" if spec.device == "cuda" else "cpu"
+    if baseline not in (None, *BASELINES):
+        raise ValueError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+    reference = TorchEncoder.from_checkpoint(checkpoint, torch_device) if checkpoint else spec.open()
+    if baseline is None:
+        return reference
+    if baseline == "pixels":
+        return PixelEncoder(reference.identity.image_size)
+    if reference.metadata is None:
+        raise ValueError("--baseline random needs the architecture, and this model does not record one")
+    return TorchEncoder.random(model_config_from_metadata(reference.metadata), reference.identity.image_size,
+                               device=torch_device)
+
+
+def labelled_sets(encoder: Encoder | None, *, data: str | None = None, data_root: Path | None = None,
+                  train: Path | None = None, test: Path | None = None, train_features: Path | None = None,
+                  test_features: Path | None = None, limit_train: int | None = None, limit_test: int | None = None,
+                  seed: int = 0) -> tuple[LabelledFeatures, LabelledFeatures]:
+    """(train, test) features of one labelled source: a torchvision data set (`data`, `data_root`), ImageFolder
+    trees (`train`, `test`) embedded with `encoder`, or feature files (`train_features`, `test_features`).
+    `limit_*`: a seeded random subset of that many images (taken before embedding where possible)."""
+    sources = [data is not None, train is not None or test is not None,
+               train_features is not None or test_features is not None]
+    if sum(sources) != 1:
+        raise ValueError("give one labelled source: --data NAME --data-root DIR, --train DIR --test DIR, or "
+                         "--train-features F --test-features F")
+    for name, limit in (("--limit-train", limit_train), ("--limit-test", limit_test)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} {limit}: must be at least 1 (leave it out to use every image)")
+    if train_features or test_features:
+        if not (train_features and test_features):
+            raise ValueError("--train-features and --test-features go together")
+        train_set = features_file(train_features)
+        sets = train_set, features_file(test_features, train_set.classes)
+    elif data:
+        sets = _torchvision_sets(data, data_root, encoder, limit_train, limit_test, seed)
+    else:
+        if not (train and test):
+            raise ValueError("--train and --test go together")
+        classes = folder_classes(train)
+        sets = embed_folder(train, classes, encoder), embed_folder(test, classes, encoder)
+    return subset(sets[0], limit_train, seed), subset(sets[1], limit_test, seed)
+
+
+def subset(features: LabelledFeatures, limit: int | None, seed: int) -> LabelledFeatures:
+    """A seeded subset of at most `limit` rows, in their original order."""
+    if not limit or len(features.labels) <= limit:
+        return features
+    keep = np.sort(np.random.default_rng(seed).permutation(len(features.labels))[:limit])
+    return LabelledFeatures(features.features[keep], features.labels[keep], features.classes)
+
+
+def _torchvision_sets(data: str, data_root: Path | None, encoder: Encoder, limit_train: int | None,
+                      limit_test: int | None, seed: int) -> tuple[LabelledFeatures, LabelledFeatures]:
+    from simclr.data.datasets import TORCHVISION_DATASETS, torchvision_split
+
+    if data not in TORCHVISION_DATASETS:
+        raise ValueError(f"--data {data!r}: cifar10, cifar100 or stl10 (or use --train/--test folders)")
+    if data_root is None:
+        raise ValueError(f"--data {data} needs --data-root DIR")
+    sets = []
+    for split_name, limit in (("train", limit_train), ("test", limit_test)):
+        split = torchvision_split(data, data_root, train=split_name == "train")
+        split = split.subset(limit, seed) if limit else split
+        sets.append(embed_arrays(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy(), split.classes,
+                                 encoder, description=f"embedding {data} {split_name}"))
+    return sets[0], sets[1]

@@ -10,10 +10,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from simclr.embed.encoder import EncoderError, ModelIdentity, check_batch
+from simclr.embed.encoder import PROTOCOLS, EncoderError, ModelIdentity, check_batch
 from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sha256_parameter
 
-PROTOCOLS = ("http", "grpc")
 T = TypeVar("T")
 
 

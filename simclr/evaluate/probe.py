@@ -42,28 +42,3 @@ def confusion_matrix(true_labels, predicted_labels, num_classes: int) -> np.ndar
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(true_labels), np.asarray(predicted_labels)), 1)
     return matrix
-
-
-def plot_confusion(matrix: np.ndarray, classes: tuple[str, ...], path, title: str = "") -> None:
-    """A confusion-matrix PNG with row-normalised colours and counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(4.0, 0.5 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axis.set_yticks(range(len(classes)), classes)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    if len(classes) <= 30:
-        for (row, column), count in np.ndenumerate(matrix):
-            axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
-                      color="white" if rates[row, column] > 0.5 else "black")
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

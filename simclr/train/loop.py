@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from simclr.atomic import atomic_write_text
 from simclr.data.datasets import InMemoryImages, training_images
+from simclr.plots import plot_training_curves
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, resumed
-from simclr.train.curves import plot_training_curves
 from simclr.train.loss import contrastive_accuracy, nt_xent
 from simclr.train.model import SimCLRModel
 from simclr.train.monitor import KnnMonitor, MetricsLog
