@@ -17,7 +17,7 @@ from common import machine, median_rate, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 from simclr.train.config import ModelConfig
-from simclr.train.loop import contrastive_step
+from simclr.train.loss import contrastive_step
 from simclr.train.model import SimCLRModel
 
 CASES = (("cifar", 32), ("small", 64), ("imagenet", 64), ("cifar", 64))

@@ -27,8 +27,8 @@ from simclr.data.datasets import torchvision_split
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.config import build_config
-from simclr.train.loop import Trainer, contrastive_step
-from simclr.train.loss import nt_xent
+from simclr.train.loop import Trainer
+from simclr.train.loss import contrastive_step, nt_xent
 from simclr.train.model import SimCLRModel
 from simclr.train.optim import build_optimizer
 

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from simclr.train import distributed
 from simclr.train.config import ModelConfig
-from simclr.train.loop import contrastive_step
+from simclr.train.loss import contrastive_step
 from simclr.train.model import SimCLRModel
 
 WORLD = 2

@@ -125,8 +125,8 @@ def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None
     centres = rng.standard_normal((100, 32))
     vectors = (centres[rng.integers(0, 100, 20_000)] + 0.3 * rng.standard_normal((20_000, 32))).astype(np.float32)
     np.save(tmp_path / "feats.npy", vectors)
-    header = FeaturesHeader(ModelIdentity("synthetic", "1", "", 32, 32), "", ("synthetic",), ".", False,
-                            len(vectors)).to_json()
+    header = FeaturesHeader(model=ModelIdentity("synthetic", "1", "", 32, 32), model_source="", inputs=("synthetic",),
+                            cwd=".", normalized=False, images=len(vectors)).to_json()
     records = [json.dumps({"row": i, "path": f"{i}.png"}) for i in range(len(vectors))]
     summary = json.dumps({"summary": {"rows": len(vectors), "failed": 0, "dim": 32}})
     (tmp_path / "feats.jsonl").write_text("\n".join([json.dumps(header), *records, summary]) + "\n")

@@ -11,8 +11,8 @@ import pytest
 from simclr.embed.encoder import ModelIdentity
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
-HEADER = FeaturesHeader(ModelIdentity("m", "2", "ab" * 32, 32, 512), "/models/m/2/model.onnx", ("photos",), "/work",
-                        False, 10)
+HEADER = FeaturesHeader(model=ModelIdentity("m", "2", "ab" * 32, 32, 512), model_source="/models/m/2/model.onnx",
+                        inputs=("photos",), cwd="/work", normalized=False, images=10)
 
 
 def test_header_round_trips_through_json() -> None:

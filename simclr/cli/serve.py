@@ -36,7 +36,9 @@ def serve_command(
     (its python backend runs each ONNX model with ONNX Runtime; clients see the same models either way).
     """
     setup_logging()
-    options = ServerOptions(Path(repo), host, http_port, grpc_port, metrics_port, instances, log_file, ready_timeout)
+    options = ServerOptions(repo=Path(repo), host=host, http_port=http_port, grpc_port=grpc_port,
+                            metrics_port=metrics_port, instances=instances, log_file=log_file,
+                            ready_timeout=ready_timeout)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -39,8 +39,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     entries = scan_inputs(inputs)
-    header = FeaturesHeader(encoder.identity, encoder.source, tuple(str(p) for p in inputs), os.getcwd(), normalize,
-                            len(entries))
+    header = FeaturesHeader(model=encoder.identity, model_source=encoder.source, inputs=tuple(str(p) for p in inputs),
+                            cwd=os.getcwd(), normalized=normalize, images=len(entries))
     started = time.perf_counter()
     failures: list[tuple[str, str]] = []
     with FeatureWriter(out, encoder.identity.embedding_dim, header, resume) as writer:
@@ -59,5 +59,5 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
                 bar.update(len(batch.entries))
         writer.finish()
     seconds = time.perf_counter() - started
-    return EmbedResult(writer.out, writer.sidecar, writer.rows, writer.failed, failures, seconds,
-                       len(remaining) / max(seconds, 1e-9))
+    return EmbedResult(features=writer.out, sidecar=writer.sidecar, rows=writer.rows, failed=writer.failed,
+                       failures=failures, seconds=seconds, images_per_second=len(remaining) / max(seconds, 1e-9))

@@ -97,5 +97,5 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     best = max(l2_grid, key=lambda l2: (validation_top1[l2], l2))  # ties: the stronger regularisation
     classifier = fit_logistic_regression(train_features, train_labels, num_classes, best, max_iter, device=device)
     scores = classifier.scores(test_features)
-    return ProbeResult(topk_accuracy(scores, test_labels, 1), topk_accuracy(scores, test_labels, 5), best,
-                       validation_top1, scores.argmax(dim=1).cpu().numpy())
+    return ProbeResult(top1=topk_accuracy(scores, test_labels, 1), top5=topk_accuracy(scores, test_labels, 5), l2=best,
+                       validation_top1=validation_top1, predictions=scores.argmax(dim=1).cpu().numpy())

@@ -33,8 +33,9 @@ def evaluate_features(train_features, train_labels, test_features, test_labels, 
     linear = linear_probe(train_features, train_labels, test_features, test_labels, num_classes, l2_grid,
                           seed=seed, device=device)
     knn = knn_top1(train_features, train_labels, test_features, test_labels, num_classes, k, temperature)
-    return ProbeReport(linear.top1, linear.top5, knn, linear.l2, linear.validation_top1, len(train_labels),
-                       len(test_labels), num_classes, time.perf_counter() - started, linear.predictions)
+    return ProbeReport(linear_top1=linear.top1, linear_top5=linear.top5, knn_top1=knn, l2=linear.l2,
+                       validation_top1=linear.validation_top1, n_train=len(train_labels), n_test=len(test_labels),
+                       num_classes=num_classes, seconds=time.perf_counter() - started, predictions=linear.predictions)
 
 
 def confusion_matrix(true_labels, predicted_labels, num_classes: int) -> np.ndarray:

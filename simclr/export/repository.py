@@ -127,8 +127,8 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     config_path = model_dir / CONFIG_FILE
     hashes = {sha256_parameter(v): sha256_of(model_dir / str(v) / MODEL_FILE) for v in versions(model_dir)}
     atomic_write_text(config_path, triton_config(name, exported.metadata, options, hashes))
-    return RepositoryModel(name, version, target / MODEL_FILE, config_path,
-                           dataclasses.replace(exported, path=target / MODEL_FILE))
+    return RepositoryModel(name=name, version=version, model_path=target / MODEL_FILE, config_path=config_path,
+                           export=dataclasses.replace(exported, path=target / MODEL_FILE))
 
 
 def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:

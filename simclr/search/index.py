@@ -61,7 +61,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = Non
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
         index.add(data)
-        return index, IndexReport("flat", count, dim, None, None, None, time.perf_counter() - started)
+        return index, IndexReport(kind="flat", vectors=count, dim=dim, nlist=None, nprobe=None, recall_at_10=None,
+                                  build_seconds=time.perf_counter() - started)
     nlist = nlist or max(1, min(int(4 * math.sqrt(count)), count // 39))  # FAISS wants >= 39 training points a list
     quantizer = faiss.IndexFlatIP(dim)
     if kind == "ivfpq":
@@ -83,7 +84,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = Non
         if recall >= target_recall or nprobe >= nlist:
             break
         nprobe = min(nlist, nprobe * 2)
-    return index, IndexReport(kind, count, dim, nlist, nprobe, recall, time.perf_counter() - started)
+    return index, IndexReport(kind=kind, vectors=count, dim=dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall,
+                              build_seconds=time.perf_counter() - started)
 
 
 def _pq_bytes(dim: int) -> int:

@@ -6,8 +6,8 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,11 @@ from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, resumed
-from simclr.train.loss import contrastive_accuracy, nt_xent
+from simclr.train.loss import contrastive_step
 from simclr.train.model import SimCLRModel
-from simclr.train.monitor import KnnMonitor, MetricsLog
+from simclr.train.monitor import KnnMonitor, MetricsLog, ThroughputWindow
 from simclr.train.optim import build_optimizer, peak_learning_rate, warmup_cosine
+from simclr.train.runtime import SaveTimer, StopSignals, resolve_device
 
 log = logging.getLogger("simclr")
 
@@ -54,16 +55,6 @@ class TrainResult:
     wall_seconds: float
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; otherwise the named device, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
-
-
 def run_config(out: Path, config: TrainConfig | None, resume: bool, overrides: dict) -> TrainConfig:
     """The config a run in `out` uses: `config` for a new run, the saved one (plus driving overrides) on resume.
 
@@ -81,41 +72,6 @@ def run_config(out: Path, config: TrainConfig | None, resume: bool, overrides: d
     if config is None:
         raise ValueError("a new run needs a config")
     return config
-
-
-def contrastive_step(model: nn.Module, view1: torch.Tensor, view2: torch.Tensor,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, contrastive accuracy) of one batch of pairs, over the global batch of all ranks.
-
-    view1, view2: [n, 3, S, S] this rank's two views. Both views go through f and g in one forward pass (so batch
-    norm sees all 2n images); the projections of all ranks are gathered, gradients flowing into this rank's own.
-    """
-    count = len(view1)
-    z = model(torch.cat([view1, view2]))  # [2n, out]
-    z1 = distributed.gather_with_own_gradient(z[:count])  # [N, out], N = global batch
-    z2 = distributed.gather_with_own_gradient(z[count:])
-    return nt_xent(z1, z2, temperature), contrastive_accuracy(z1, z2)
-
-
-class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (restores the old handlers on exit)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(config: TrainConfig, out: Path, resume: bool = False) -> TrainResult:
@@ -258,47 +214,35 @@ class Trainer:
                 plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME)
         wall = time.monotonic() - started
         images = (self.step - first_step) * self.config.batch_size
-        return TrainResult(self.out, self.step, self.step // self.steps_per_epoch, loss, accuracy,
-                           images / max(wall, 1e-9), wall)
+        return TrainResult(out=self.out, steps=self.step, epochs_completed=self.step // self.steps_per_epoch,
+                           loss=loss, contrastive_accuracy=accuracy, images_per_second=images / max(wall, 1e-9),
+                           wall_seconds=wall)
 
     def _run_epoch(self, signals: StopSignals) -> tuple[float, float]:
         """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last (loss, accuracy)."""
-        config, epoch = self.config, self.epoch
+        epoch = self.epoch
         skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
-        sampler = ResumableSampler(len(self.dataset), config.seed, epoch, skip * self.local_batch)
-        batches = epoch_batches(self.dataset, sampler, self.local_batch, config.workers, config.seed + epoch,
-                                pin_memory=self.device.type == "cuda")
         losses, accuracies = [], []
-        last_save = window_start = time.monotonic()
-        window_steps = 0
+        window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
         stopped = False
-        with tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
+        with tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                   disable=not self.is_main, dynamic_ncols=True) as bar:
-            for images in batches:
-                if images.numel() == 0:
-                    raise TrainingError(f"{config.data}: no image of a batch of {self.local_batch} could be "
-                                        "decoded (see the warnings above)")
+            for images in self._batches(epoch, skip):
                 loss, accuracy = self.train_step(images)
                 losses.append(loss)
                 accuracies.append(accuracy)
-                window_steps += 1
+                window.count(1)
                 bar.update(1)
-                if self.step % config.log_every == 0 or self.step == self.max_steps:
-                    rate = window_steps * config.batch_size / max(time.monotonic() - window_start, 1e-9)
-                    lr = self.schedule[self.step - 1]
-                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-                    self._record({"event": "step", "step": self.step, "epoch": epoch + 1, "loss": loss,
-                                  "contrastive_accuracy": accuracy, "lr": lr, "images_per_second": rate})
-                    window_start, window_steps = time.monotonic(), 0
+                if self.step % self.config.log_every == 0 or self.step == self.max_steps:
+                    self._log_step(loss, accuracy, window.images_per_second(self.config.batch_size), bar)
                 # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
-                timer_due = bool(config.save_every_minutes) and (
-                    time.monotonic() - last_save >= 60 * config.save_every_minutes)
-                stopped, timer_due = distributed.any_rank([signals.received is not None, timer_due], self.device)
+                stopped, save_due = distributed.any_rank([signals.received is not None, save_timer.due()],
+                                                         self.device)
                 if stopped or self.step >= self.max_steps:
                     break
-                if timer_due:
+                if save_due:
                     self.save(epoch)
-                    last_save = time.monotonic()
+                    save_timer.restart()
         if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
             self.save(epoch)
         else:
@@ -307,6 +251,23 @@ class Trainer:
             raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
                                       "continue with --resume")
         return loss, accuracy
+
+    def _batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
+        """This rank's uint8 batches of `epoch`, after the first `skip` (done before a resume)."""
+        config = self.config
+        sampler = ResumableSampler(len(self.dataset), config.seed, epoch, skip * self.local_batch)
+        for images in epoch_batches(self.dataset, sampler, self.local_batch, config.workers, config.seed + epoch,
+                                    pin_memory=self.device.type == "cuda"):
+            if images.numel() == 0:
+                raise TrainingError(f"{config.data}: no image of a batch of {self.local_batch} could be decoded "
+                                    "(see the warnings above)")
+            yield images
+
+    def _log_step(self, loss: float, accuracy: float, images_per_second: float, bar: tqdm) -> None:
+        lr = self.schedule[self.step - 1]
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_second:.0f}")
+        self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
+                      "contrastive_accuracy": accuracy, "lr": lr, "images_per_second": images_per_second})
 
     def _end_epoch(self, losses: list[float], accuracies: list[float]) -> None:
         """Count the finished epoch, save it, and log its means (and the kNN monitor when due)."""

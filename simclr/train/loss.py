@@ -1,9 +1,13 @@
-"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020, eq. 1)."""
+"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020, eq. 1), and one training
+step's loss over the global batch of all processes."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from simclr.train import distributed
 
 
 def _similarities(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,3 +40,17 @@ def contrastive_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Fraction of the 2N views whose most similar other view is their positive (a scalar tensor)."""
     logits, positives = _similarities(z1, z2, temperature=1.0)
     return (logits.argmax(dim=1) == positives).float().mean()
+
+
+def contrastive_step(model: nn.Module, view1: torch.Tensor, view2: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, contrastive accuracy) of one batch of pairs, over the global batch of all ranks.
+
+    view1, view2: [n, 3, S, S] this rank's two views. Both views go through f and g in one forward pass (so batch
+    norm sees all 2n images); the projections of all ranks are gathered, gradients flowing into this rank's own.
+    """
+    count = len(view1)
+    z = model(torch.cat([view1, view2]))  # [2n, out]
+    z1 = distributed.gather_with_own_gradient(z[:count])  # [N, out], N = global batch
+    z2 = distributed.gather_with_own_gradient(z[count:])
+    return nt_xent(z1, z2, temperature), contrastive_accuracy(z1, z2)

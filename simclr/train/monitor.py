@@ -1,8 +1,9 @@
-"""What a run reports: metrics.jsonl lines and the kNN monitor."""
+"""What a run reports: metrics.jsonl lines, throughput, and the kNN monitor."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,22 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+
+
+class ThroughputWindow:
+    """Steps counted since the window opened; `images_per_second` reads the rate and opens a new window."""
+
+    def __init__(self) -> None:
+        self.started, self.steps = time.monotonic(), 0
+
+    def count(self, steps: int) -> None:
+        self.steps += steps
+
+    def images_per_second(self, batch_size: int) -> float:
+        now = time.monotonic()
+        rate = self.steps * batch_size / max(now - self.started, 1e-9)
+        self.started, self.steps = now, 0
+        return rate
 
 
 class KnnMonitor:
