@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,15 +14,21 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SIMCLR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def from_shared(script: str, *args: str) -> None:
+    """Materialise part of a ../shared/data copy, or stop the benchmark with the reason."""
+    from simclr.data.shared import write_from_shared
+
+    try:
+        write_from_shared(script, *args)
+    except FileNotFoundError as missing:
+        sys.exit(f"bench: {missing}")
 
 
 def cifar_root(cache: Path = REPO / ".cache" / "data") -> Path:
     """cifar-10-batches-py written by ../shared/data/cifar10.py into `cache` (once)."""
-    script = SHARED_DATA / "cifar10.py"
-    if not script.is_file():
-        sys.exit(f"bench: CIFAR-10 copy not found at {SHARED_DATA} (set SIMCLR_SHARED_DATA)")
-    subprocess.run([sys.executable, str(script), "batches", str(cache)], check=True, capture_output=True)
+    from_shared("cifar10.py", "batches", str(cache))
     return cache
 
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED_DATA, machine, median_rate, write_json
+from common import REPO, from_shared, machine, median_rate, write_json
 
 from simclr.data.datasets import training_images
 from simclr.train.batches import ResumableSampler, epoch_batches
@@ -27,11 +25,7 @@ GPU_DEMAND = 20_000  # images/s a ResNet-18 step at 32x32 maps consumes on one H
 
 def photo_folder(cache: Path = REPO / ".cache" / "tinyimagenet" / "train") -> Path:
     """Tiny ImageNet shards 0-6 as one folder of class folders, written once by ../shared's tinyimagenet.py."""
-    script = SHARED_DATA / "tinyimagenet" / "tinyimagenet.py"
-    if not script.is_file():
-        sys.exit(f"bench: Tiny ImageNet copy not found at {script.parent} (set SIMCLR_SHARED_DATA)")
-    subprocess.run([sys.executable, str(script), "folders", str(cache), "--shards", "0-6"], check=True,
-                   capture_output=True)
+    from_shared("tinyimagenet/tinyimagenet.py", "folders", str(cache), "--shards", "0-6")
     return cache
 
 

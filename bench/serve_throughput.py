@@ -11,7 +11,6 @@ backend running ONNX Runtime).
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,13 +26,7 @@ from common import machine, reference_model, write_json
 
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.export.repository import ServingOptions, export_to_repository
-from simclr.server.launcher import ServerOptions, TritonServer
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from simclr.server.launcher import ServerOptions, TritonServer, free_port
 
 
 def measure_triton(url: str, protocol: str, model: str, batch: np.ndarray, concurrency: int, requests: int) -> dict:
@@ -96,7 +89,7 @@ def main() -> None:
         local = OnnxEncoder(repo / "dynamic")
         baseline = median_of([measure_local(local, batch, args.requests) for _ in range(args.repeats)])
         print(f"in-process ONNX Runtime: {baseline['images_per_second']:.0f} images/s", file=sys.stderr)
-        options = ServerOptions(repo, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+        options = ServerOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                                 log_file=Path(scratch) / "triton.log")
         results = []
         with TritonServer(options) as server:

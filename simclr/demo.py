@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,21 +71,16 @@ def augmented_view(path: Path, rng: np.random.Generator) -> Image.Image:
     return ImageEnhance.Brightness(view).enhance(rng.uniform(0.85, 1.15))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIdentity, local: np.ndarray,
                         log_file: Path) -> dict[str, float]:
     """Serve `model_dir` on a real Triton, embed `photos` over HTTP and gRPC; max abs difference to `local`."""
     from simclr.embed.triton_encoder import TritonEncoder
-    from simclr.server.launcher import ServerOptions, TritonServer
+    from simclr.server.launcher import ServerOptions, TritonServer, free_port
 
     images = np.stack([load_image(path, identity.image_size) for path in photos])
     repo = model_dir.parent
-    options = ServerOptions(repo, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+    options = ServerOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                             log_file=log_file)
     differences = {}
     with TritonServer(options) as server:

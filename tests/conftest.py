@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,6 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SIMCLR_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("SIMCLR_TEST_CACHE", REPO / ".cache"))
 
 # The tiny encoder of the test session: ResNet-18 at 1/8 width on 2,000 CIFAR-10 training images.
@@ -21,46 +17,38 @@ TINY_TRAIN_ARGS = ["--width", "0.125", "--batch-size", "128", "--epochs", "8", "
                    "--base-lr", "1.0", "--log-every", "3", "--workers", "2", "--seed", "0"]
 
 
-def _cifar_script() -> Path:
-    script = SHARED_DATA / "cifar10.py"
-    if not script.is_file():
-        pytest.skip(f"CIFAR-10 copy not found at {SHARED_DATA} (set SIMCLR_SHARED_DATA to ../shared/data)")
-    return script
+def _from_shared(script: str, *args: str) -> None:
+    """Materialise part of a ../shared/data copy, or skip the test with the reason."""
+    from simclr.data.shared import write_from_shared
+
+    try:
+        write_from_shared(script, *args)
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
 
 
 @pytest.fixture(scope="session")
 def cifar_root() -> Path:
     """A folder holding cifar-10-batches-py/ (torchvision's layout), written once and reused."""
-    script = _cifar_script()
     root = CACHE / "data"
-    subprocess.run([sys.executable, str(script), "batches", str(root)], check=True, capture_output=True)
+    _from_shared("cifar10.py", "batches", str(root))
     return root
 
 
 @pytest.fixture(scope="session")
 def cifar_folders() -> Path:
     """CIFAR-10 as image folders: train/<class>/ (200 per class) and test/<class>/ (50 per class)."""
-    script = _cifar_script()
     root = CACHE / "folders"
     for split, per_class in (("train", "200"), ("test", "50")):
-        subprocess.run([sys.executable, str(script), "folders", str(root), "--split", split, "--per-class", per_class],
-                       check=True, capture_output=True)
+        _from_shared("cifar10.py", "folders", str(root), "--split", split, "--per-class", per_class)
     return root
-
-
-def _tinyimagenet_script() -> Path:
-    script = SHARED_DATA / "tinyimagenet" / "tinyimagenet.py"
-    if not script.is_file():
-        pytest.skip(f"Tiny ImageNet copy not found at {script.parent} (set SIMCLR_SHARED_DATA to ../shared/data)")
-    return script
 
 
 @pytest.fixture(scope="session")
 def tinyimagenet_folder() -> Path:
     """200 Tiny ImageNet photos (64 px), one of each class, from pre-training shard 0."""
     root = CACHE / "tinyimagenet" / "photos"
-    subprocess.run([sys.executable, str(_tinyimagenet_script()), "folders", str(root), "--shards", "0",
-                    "--per-class", "1"], check=True, capture_output=True)
+    _from_shared("tinyimagenet/tinyimagenet.py", "folders", str(root), "--shards", "0", "--per-class", "1")
     return root
 
 
@@ -69,8 +57,7 @@ def tinyimagenet_probe() -> Path:
     """Tiny ImageNet as a labelled set, as `tinyimagenet.py probe` writes it: train/ (shard 6) and test/ (shard 7),
     3 photos of each of the 200 classes in each."""
     root = CACHE / "tinyimagenet" / "probe"
-    subprocess.run([sys.executable, str(_tinyimagenet_script()), "probe", str(root), "--per-class", "3"],
-                   check=True, capture_output=True)
+    _from_shared("tinyimagenet/tinyimagenet.py", "probe", str(root), "--per-class", "3")
     return root
 
 
@@ -121,16 +108,11 @@ def tiny_repo(tiny_run: Path, cifar_folders: Path, tmp_path_factory: pytest.Temp
     return repo
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def triton(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real Triton Inference Server on free ports, serving `tiny_repo`, for the whole session."""
-    from simclr.server.launcher import ServerOptions, TritonServer
+    from simclr.server.launcher import ServerOptions, TritonServer, free_port
 
     options = ServerOptions(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                             log_file=tmp_path_factory.mktemp("triton") / "triton.log", onnxruntime_threads=1)

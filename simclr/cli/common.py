@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import typer
 from tqdm import tqdm
 
+from simclr.errors import first_line
+
 # Errors a user can fix: the CLI prints their one-line message and exits 1.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
@@ -44,7 +46,7 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *extra) as error:
-        raise fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from None
+        raise fail(first_line(error)) from None
 
 
 def print_json(payload: dict) -> None:

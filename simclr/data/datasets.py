@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from simclr.data.decoding import decode_chunks
-from simclr.data.images import find_images, try_load_image
+from simclr.data.images import class_of, find_images, try_load_image
 
 log = logging.getLogger("simclr")
 
@@ -128,15 +128,14 @@ def labelled_splits(data: str, data_root: Path | None, size: int,
 def labelled_folder(root: Path, size: int, classes: tuple[str, ...] | None = None,
                     workers: int | None = None) -> InMemoryImages:
     """An ImageFolder tree decoded into memory; the class is the first folder below `root`."""
-    relative = [path.relative_to(root).parts for path in find_images(root)]
-    names = classes or tuple(sorted({parts[0] for parts in relative if len(parts) > 1}))
+    labelled = [(path, class_of(path, root)) for path in find_images(root)]
+    names = classes or tuple(sorted({label for _, label in labelled if label is not None}))
     index = {name: i for i, name in enumerate(names)}
-    members = [parts for parts in relative if len(parts) > 1 and parts[0] in index]
-    images, decoded = decode_images([root.joinpath(*parts) for parts in members], size, workers,
-                                    f"decoding {root.name}")
+    members = [(path, label) for path, label in labelled if label in index]
+    images, decoded = decode_images([path for path, _ in members], size, workers, f"decoding {root.name}")
     if not decoded:
         raise ValueError(f"{root}: no readable images in class folders")
-    labels = torch.tensor([index[members[i][0]] for i in decoded])
+    labels = torch.tensor([index[members[i][1]] for i in decoded])
     return InMemoryImages(images, labels, names)
 
 

@@ -51,6 +51,12 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def class_of(path: Path, root: Path) -> str | None:
+    """The class of an image in an ImageFolder tree: the first folder below `root` (None directly in `root`)."""
+    parts = Path(path).relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
     """Decode `path` to uint8 RGB [size, size, 3]: shorter side resized to `size`, then centre-cropped.
 

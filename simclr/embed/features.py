@@ -28,6 +28,12 @@ class Features:
         return self.header.model
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """A float32 copy of [N, D] with unit-length rows (zero rows stay zero)."""
+    array = np.array(vectors, dtype=np.float32, copy=True)
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+
 def load_features(path: Path) -> Features:
     """Open feats.npy and its sidecar; ValueError/FileNotFoundError name the file when they do not fit together."""
     path = Path(path)

@@ -53,8 +53,8 @@ def embed_folder(root: Path, classes: tuple[str, ...], encoder: Encoder, batch_s
     if unknown:
         log.warning("%s: classes %s are not in the training classes; their images are left out", root,
                     ", ".join(unknown))
-    entries = [entry for name in classes if name in present for entry in scan_inputs([root / name])]
     index = {name: i for i, name in enumerate(classes)}
+    entries = [entry for entry in scan_inputs([root]) if entry.label in index]
     rows, labels = [], []
     with tqdm(total=len(entries), unit="img", desc=f"embedding {root.name}", dynamic_ncols=True) as bar:
         for batch in decoded_batches(entries, encoder.identity.image_size, batch_size, workers):
@@ -64,7 +64,7 @@ def embed_folder(root: Path, classes: tuple[str, ...], encoder: Encoder, batch_s
                 if error:
                     log.warning("skipping %s: %s", entry.path, error)
                 else:
-                    labels.append(index[Path(entry.path).relative_to(root).parts[0]])
+                    labels.append(index[entry.label])
             bar.update(len(batch.entries))
     return LabelledFeatures(np.concatenate(rows), np.asarray(labels, dtype=np.int64), classes)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from simclr.embed.encoder import EncoderError, ModelIdentity, check_batch
+from simclr.errors import first_line
 from simclr.export.layout import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelMetadata, sha256_of, versions
 
 MODEL_ENVIRONMENT = "SIMCLR_MODEL"
@@ -55,7 +56,7 @@ class OnnxEncoder:
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            raise EncoderError(f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+            raise EncoderError(f"{self.path}: not a loadable ONNX model ({first_line(error)})") from None
         try:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
         except ValueError as error:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from simclr.data.decoding import decode_chunks
-from simclr.data.images import find_images
+from simclr.data.images import class_of, find_images
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,7 @@ def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
         given = Path(given)
         if given.is_dir():
             for path in find_images(given):
-                relative = path.relative_to(given)
-                label = relative.parts[0] if len(relative.parts) > 1 else None
-                entries.append(ImageEntry(str(given / relative), label))
+                entries.append(ImageEntry(str(given / path.relative_to(given)), class_of(path, given)))
         elif given.is_file():
             entries.append(ImageEntry(str(given), None))
         else:

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from simclr.embed.encoder import Encoder
+from simclr.embed.features import unit_rows
 from simclr.embed.reader import decoded_batches, scan_inputs
 from simclr.embed.sidecar import FeaturesHeader
 from simclr.embed.writer import FeatureWriter
@@ -52,7 +53,7 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
                 embeddings = encoder.embed(batch.images) if len(batch.images) else \
                     np.zeros((0, encoder.identity.embedding_dim), np.float32)
                 if normalize and len(embeddings):
-                    embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+                    embeddings = unit_rows(embeddings)
                 writer.write([e.path for e in batch.entries], [e.label for e in batch.entries], embeddings,
                              batch.errors)
                 failures += [(e.path, error) for e, error in zip(batch.entries, batch.errors, strict=True) if error]

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simclr.embed.encoder import PROTOCOLS, EncoderError, ModelIdentity, check_batch
+from simclr.errors import first_line
 from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sha256_parameter
 
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class TritonEncoder:
                 raise
             except Exception as error:
                 if not _unreachable(error):
-                    raise EncoderError(f"Triton at {self.url}: {str(error).strip().splitlines()[0]}") from None
+                    raise EncoderError(f"Triton at {self.url}: {first_line(error)}") from None
                 if time.monotonic() >= deadline:
                     raise EncoderError(f"Triton at {self.url} is not reachable ({self.protocol}); is `simclr serve` "
                                        "running there?") from None

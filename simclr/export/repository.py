@@ -52,49 +52,28 @@ def check_model_name(name: str) -> str:
 
 
 def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, hashes: dict[str, str],
-                  backend: str = "onnxruntime", instance_kind: str = "KIND_AUTO") -> str:
+                  backend: str = "onnxruntime") -> str:
     """config.pbtxt text for the official Triton container, serving every version (older ones on request).
 
-    `metadata` becomes string parameters, with `hashes` (each version's onnx_sha256_v<N>).
+    Built as Triton's ModelConfig protobuf; `metadata` becomes string parameters, with `hashes` (each version's
+    onnx_sha256_v<N>).
     """
-    size, dim = metadata.image_size, metadata.embedding_dim
-    preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or [options.max_batch_size]
-    batching = (f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
-                f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n}}\n"
-                if options.dynamic_batching else "")
-    parameters = "\n".join(
-        f'parameters {{ key: "{key}" value: {{ string_value: "{_escape(value)}" }} }}'
-        for key, value in sorted({**metadata.to_props(), **hashes}.items()))
-    return f"""name: "{name}"
-backend: "{backend}"
-max_batch_size: {options.max_batch_size}
-version_policy: {{ all {{ }} }}
-input [
-  {{
-    name: "{INPUT_NAME}"
-    data_type: TYPE_UINT8
-    dims: [ {size}, {size}, 3 ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ {dim} ]
-  }}
-]
-{batching}instance_group [
-  {{
-    count: {options.instances}
-    kind: {instance_kind}
-  }}
-]
-{parameters}
-"""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    config = pb.ModelConfig(name=name, backend=backend, max_batch_size=options.max_batch_size,
+                            version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()))
+    config.input.add(name=INPUT_NAME, data_type=pb.TYPE_UINT8, dims=[metadata.image_size, metadata.image_size, 3])
+    config.output.add(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[metadata.embedding_dim])
+    if options.dynamic_batching:
+        preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or \
+            [options.max_batch_size]
+        config.dynamic_batching.preferred_batch_size.extend(preferred)
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
+    config.instance_group.add(count=options.instances, kind=pb.ModelInstanceGroup.KIND_AUTO)
+    for key, value in sorted({**metadata.to_props(), **hashes}.items()):
+        config.parameters[key].string_value = value
+    return text_format.MessageToString(config)
 
 
 def export_to_repository(checkpoint: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),

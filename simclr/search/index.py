@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from simclr.atomic import atomic_write_bytes
+from simclr.embed.features import unit_rows
+from simclr.errors import first_line
 
 KINDS = ("auto", "flat", "ivf", "ivfpq")
 EXACT_UP_TO = 50_000  # `auto` builds an exact index up to this many vectors
@@ -35,13 +37,6 @@ def index_path(features_path: Path) -> Path:
     return Path(features_path).with_suffix(".faiss")
 
 
-def normalized(vectors: np.ndarray) -> np.ndarray:
-    """A float32 copy with unit-length rows (zero rows stay zero)."""
-    array = np.array(vectors, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
-
-
 def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = None, pq_bytes: int | None = None,
                 target_recall: float = 0.95, sample_queries: int = 500, seed: int = 0):
     """A FAISS index of the normalised `vectors` [N, D] and its report (with measured recall when approximate)."""
@@ -51,7 +46,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = Non
 
     if kind not in KINDS:
         raise ValueError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
-    data = normalized(vectors)
+    data = unit_rows(vectors)
     count, dim = data.shape
     if count == 0:
         raise ValueError("no vectors to index")
@@ -124,11 +119,11 @@ def load_index(path: Path):
     try:
         return faiss.read_index(str(path))
     except RuntimeError as error:
-        raise ValueError(f"{path}: not a FAISS index ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path}: not a FAISS index ({first_line(error)})") from None
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine scores [Q, k] and row ids [Q, k] (-1 where fewer than k rows exist) of normalised `queries`."""
     if k < 1:
         raise ValueError(f"-k {k}: must be at least 1")
-    return index.search(normalized(queries), min(k, index.ntotal))
+    return index.search(unit_rows(queries), min(k, index.ntotal))

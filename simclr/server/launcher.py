@@ -9,22 +9,20 @@ repository is never written), with the same model names, versions, inputs and ou
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from simclr.errors import first_line
 from simclr.export.layout import CONFIG_FILE, MODEL_FILE, versions
 
 log = logging.getLogger("simclr")
@@ -71,6 +69,13 @@ def find_triton() -> TritonBinary:
     if not binary.is_file():
         raise ServerError(f"{binary}: missing from the nvidia-pytriton install")
     return TritonBinary(binary, embedded=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on now (the system picks it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def model_names(repo: Path) -> list[str]:
@@ -209,38 +214,39 @@ class TritonServer:
             if time.monotonic() > deadline:
                 raise ServerError(f"models {', '.join(pending)} not ready after {self.options.ready_timeout:.0f} s; "
                                   f"log {self.log_file}:\n{self.log_tail()}")
-            pending = [name for name in pending if not self._http_ok(f"/v2/models/{name}/ready")]
+            pending = [name for name in pending if not self._model_ready(name)]
             if pending:
                 time.sleep(0.2)
 
-    def _http_ok(self, path: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def _client(self):
+        import tritonclient.http
 
-    def model_metadata(self, name: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{name}", timeout=5) as response:
-            return json.loads(response.read())
+        return tritonclient.http.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=30.0)
+
+    def _model_ready(self, name: str) -> bool:
+        try:
+            return self._client().is_model_ready(name)
+        except Exception:  # refused or reset while the server starts: tritonclient raises several kinds
+            return False
 
     def check_inference(self) -> None:
         """Run one real inference per model (a model can report ready while its backend is dead); ServerError
         names the model that failed."""
+        import numpy as np
+        import tritonclient.http
+        from tritonclient.utils import triton_to_np_dtype
+
+        client = self._client()
         for name in self.names:
-            inputs = self.model_metadata(name)["inputs"][0]
-            shape = [1, *inputs["shape"][1:]]
-            body = {"inputs": [{"name": inputs["name"], "shape": shape, "datatype": inputs["datatype"],
-                                "data": [0] * math.prod(shape)}]}
-            request = urllib.request.Request(f"http://{self.http_url}/v2/models/{name}/infer",
-                                             data=json.dumps(body).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    json.loads(response.read())
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                raise ServerError(f"model {name} is loaded but inference fails ({error}); log {self.log_file}:\n"
-                                  f"{self.log_tail()}") from None
+                spec = client.get_model_metadata(name)["inputs"][0]
+                shape = [1, *spec["shape"][1:]]
+                request = tritonclient.http.InferInput(spec["name"], shape, spec["datatype"])
+                request.set_data_from_numpy(np.zeros(shape, triton_to_np_dtype(spec["datatype"])))
+                client.infer(name, [request])
+            except Exception as error:  # connection or server errors alike mean the model does not serve
+                raise ServerError(f"model {name} is loaded but inference fails ({first_line(error)}); log "
+                                  f"{self.log_file}:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from simclr.atomic import atomic_write_bytes
+from simclr.errors import first_line
 from simclr.train.config import TrainConfig
 from simclr.train.model import ResNetEncoder
 
@@ -33,8 +34,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or damaged files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line(error)})"
+                              ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "encoder" not in state:
         raise CheckpointError(f"{path}: not a simclr training checkpoint")
     return state
