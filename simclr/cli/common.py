@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 
 import typer
-from tqdm import tqdm
 
 from simclr.errors import first_line
 
@@ -17,19 +16,14 @@ from simclr.errors import first_line
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 
-class _TqdmHandler(logging.Handler):
-    """Log lines written through tqdm so they do not break a progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
 def setup_logging(verbose: bool = False) -> None:
+    """The simclr logger's lines on this command's stderr (progress bars write them through tqdm while they run)."""
     logger = logging.getLogger("simclr")
-    if not logger.handlers:
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("simclr: %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
+    for old in logger.handlers[:]:  # an earlier command in this process may have had another stderr
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("simclr: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
 

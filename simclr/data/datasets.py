@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from simclr.data.decoding import decode_chunks
 from simclr.data.images import class_of, find_images, try_load_image
+from simclr.progress import progress_bar
 
 log = logging.getLogger("simclr")
 
@@ -88,7 +88,7 @@ def decode_images(paths: Sequence[Path], size: int, workers: int | None,
     chunk = 256
     starts = range(0, len(paths), chunk)
     decoded_indices: list[int] = []
-    with tqdm(total=len(paths), unit="img", desc=description, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(paths), unit="img", desc=description) as bar:
         for start, (arrays, errors) in zip(starts, decode_chunks([paths[i:i + chunk] for i in starts], size,
                                                                  workers), strict=True):
             row = len(decoded_indices)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from simclr.embed.encoder import Encoder, EncoderSpec
 from simclr.embed.features import load_features
 from simclr.embed.reader import decoded_batches, scan_inputs
+from simclr.progress import progress_bar
 
 log = logging.getLogger("simclr")
 
@@ -56,7 +56,7 @@ def embed_folder(root: Path, classes: tuple[str, ...], encoder: Encoder, batch_s
     index = {name: i for i, name in enumerate(classes)}
     entries = [entry for entry in scan_inputs([root]) if entry.label in index]
     rows, labels = [], []
-    with tqdm(total=len(entries), unit="img", desc=f"embedding {root.name}", dynamic_ncols=True) as bar:
+    with progress_bar(total=len(entries), unit="img", desc=f"embedding {root.name}") as bar:
         for batch in decoded_batches(entries, encoder.identity.image_size, batch_size, workers):
             if len(batch.images):
                 rows.append(encoder.embed(batch.images))
@@ -74,12 +74,14 @@ def embed_arrays(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...
     """Embed uint8 images [N, H, W, 3] (resized to the encoder's size when they differ)."""
     size = encoder.identity.image_size
     rows = []
-    for start in tqdm(range(0, len(images), batch_size), desc=description, unit="batch", dynamic_ncols=True):
-        batch = images[start:start + batch_size]
-        if batch.shape[1:3] != (size, size):
-            batch = np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-                              for image in batch])
-        rows.append(encoder.embed(np.ascontiguousarray(batch)))
+    with progress_bar(total=len(images), desc=description, unit="img") as bar:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            if batch.shape[1:3] != (size, size):
+                batch = np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+                                  for image in batch])
+            rows.append(encoder.embed(np.ascontiguousarray(batch)))
+            bar.update(len(batch))
     return LabelledFeatures(np.concatenate(rows), np.asarray(labels, dtype=np.int64), classes)
 
 

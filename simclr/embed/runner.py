@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from simclr.embed.encoder import Encoder
 from simclr.embed.features import unit_rows
 from simclr.embed.reader import decoded_batches, scan_inputs
 from simclr.embed.sidecar import FeaturesHeader
 from simclr.embed.writer import FeatureWriter
+from simclr.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
     failures: list[tuple[str, str]] = []
     with FeatureWriter(out, encoder.identity.embedding_dim, header, resume) as writer:
         remaining = entries[writer.done:]
-        bar = tqdm(total=len(entries), initial=writer.done, unit="img", desc="embedding", disable=not progress,
-                   dynamic_ncols=True)
-        with bar:
+        with progress_bar(total=len(entries), initial=writer.done, unit="img", desc="embedding",
+                          disable=not progress) as bar:
             for batch in decoded_batches(remaining, encoder.identity.image_size, batch_size, workers):
                 embeddings = encoder.embed(batch.images) if len(batch.images) else \
                     np.zeros((0, encoder.identity.embedding_dim), np.float32)

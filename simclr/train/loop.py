@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from simclr.atomic import atomic_write_text
 from simclr.data.datasets import InMemoryImages, training_images
 from simclr.plots import plot_training_curves
+from simclr.progress import progress_bar
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
@@ -225,8 +225,8 @@ class Trainer:
         losses, accuracies = [], []
         window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
         stopped = False
-        with tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                  disable=not self.is_main, dynamic_ncols=True) as bar:
+        with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                          disable=not self.is_main) as bar:
             for images in self._batches(epoch, skip):
                 loss, accuracy = self.train_step(images)
                 losses.append(loss)
@@ -263,7 +263,7 @@ class Trainer:
                                     "(see the warnings above)")
             yield images
 
-    def _log_step(self, loss: float, accuracy: float, images_per_second: float, bar: tqdm) -> None:
+    def _log_step(self, loss: float, accuracy: float, images_per_second: float, bar) -> None:
         lr = self.schedule[self.step - 1]
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_second:.0f}")
         self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,

@@ -1,0 +1,18 @@
+"""Progress bars for long work: tqdm on stderr, with the simclr logger's lines written through the bar meanwhile
+(tqdm.contrib.logging), so that a warning never breaks a bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+
+@contextlib.contextmanager
+def progress_bar(**settings) -> Iterator[tqdm]:
+    """A tqdm bar (`settings` as tqdm's: total, desc, unit, initial, disable, ...) that resizes with the terminal."""
+    with logging_redirect_tqdm(loggers=[logging.getLogger("simclr")]), tqdm(dynamic_ncols=True, **settings) as bar:
+        yield bar
