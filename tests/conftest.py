@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SIMCLR_TEST_CACHE", REPO / ".cache"))
@@ -87,26 +87,66 @@ def train_cli(*args: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """256 generated pictures (48 px, JPEG and PNG): shapes of random colours on shaded backgrounds. Training data
+    for the contract tests, which need a trained, exported encoder but no particular accuracy (no ../shared)."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for index in range(256):
+        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        shade = np.linspace(0, 1, 48)[:, None, None]
+        image = Image.fromarray(np.broadcast_to(top + (bottom - top) * shade, (48, 48, 3)).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.integers(1, 4)):
+            x0, y0 = rng.integers(0, 36, 2)
+            box = (int(x0), int(y0), int(x0 + rng.integers(8, 24)), int(y0 + rng.integers(8, 24)))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        image.save(root / f"{index:03d}.{'jpg' if index % 2 else 'png'}")
+    return root
+
+
+CONTRACT_TRAIN_ARGS = [*TINY_TRAIN_ARGS, "--batch-size", "64", "--epochs", "1", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def contract_run(shapes_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny encoder's run directory (4 steps on `shapes_folder`), for the export and serving contracts."""
+    return train_cli("--data", str(shapes_folder), *CONTRACT_TRAIN_ARGS,
+                     "--out", str(tmp_path_factory.mktemp("contract") / "run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(contract_run: Path, shapes_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding `contract_run` as `tiny` version 1, and a 1-step run of another seed as
+    version 2 (different weights), with max_batch_size 8 so that clients must split batches."""
+    from simclr.export.repository import ServingOptions, export_to_repository
+
+    repo = tmp_path_factory.mktemp("repo")
+    other = train_cli("--data", str(shapes_folder), *CONTRACT_TRAIN_ARGS, "--seed", "1", "--max-steps", "1",
+                      "--out", str(tmp_path_factory.mktemp("other") / "run"))
+    options = ServingOptions(max_batch_size=8, preferred_batch_sizes=(4, 8), instances=1)
+    export_to_repository(contract_run, repo, "tiny", options)
+    export_to_repository(other, repo, "tiny", options)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def tiny_run(cifar_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run directory of the session's tiny encoder, trained once through the real CLI (well under a minute)."""
+    """Run directory of the session's learning encoder: 8 epochs on 2,000 CIFAR-10 images through the real CLI
+    (well under a minute). For the tests about learning and accuracy."""
     out = tmp_path_factory.mktemp("tiny") / "run"
     return train_cli("--data", str(cifar_folders / "train"), "--out", str(out), *TINY_TRAIN_ARGS)
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tiny_run: Path, cifar_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding the tiny encoder as `tiny` version 1, and a 1-step run of another seed as
-    version 2 (different weights), with max_batch_size 8 so that clients must split batches."""
-    from simclr.export.repository import ServingOptions, export_to_repository
+def learned_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_run` exported as `tiny` version 1."""
+    from simclr.export.repository import export_to_repository
 
-    repo = tmp_path_factory.mktemp("repo")
-    other = train_cli("--data", str(cifar_folders / "train"), "--out", str(tmp_path_factory.mktemp("other") / "run"),
-                      *TINY_TRAIN_ARGS, "--seed", "1", "--max-steps", "1")
-    options = ServingOptions(max_batch_size=8, preferred_batch_sizes=(4, 8), instances=1)
-    export_to_repository(tiny_run, repo, "tiny", options)
-    export_to_repository(other, repo, "tiny", options)
+    repo = tmp_path_factory.mktemp("learned")
+    export_to_repository(tiny_run, repo, "tiny")
     return repo
-
 
 
 @pytest.fixture(scope="session")

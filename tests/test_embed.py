@@ -110,10 +110,10 @@ class _StopAfter:
         return self.encoder.embed(images)
 
 
-def test_interrupted_run_leaves_no_valid_looking_file_and_resume_finishes_it(cifar_folders: Path, tiny_repo: Path,
+def test_interrupted_run_leaves_no_valid_looking_file_and_resume_finishes_it(shapes_folder: Path, tiny_repo: Path,
                                                                              tmp_path: Path) -> None:
     encoder = OnnxEncoder(tiny_repo / "tiny")
-    inputs = [cifar_folders / "test"]
+    inputs = [shapes_folder]
     whole = embed_images(inputs, tmp_path / "whole.npy", encoder, batch_size=64, workers=0, progress=False)
     out = tmp_path / "feats.npy"
     with pytest.raises(KeyboardInterrupt):
@@ -121,7 +121,7 @@ def test_interrupted_run_leaves_no_valid_looking_file_and_resume_finishes_it(cif
     assert not out.exists() and not out.with_suffix(".jsonl").exists()
     assert Path(f"{out}.partial").stat().st_size == 3 * 64 * 64 * 4
     resumed = embed_images(inputs, out, encoder, batch_size=64, workers=2, resume=True, progress=False)
-    assert resumed.rows == whole.rows == 500
+    assert resumed.rows == whole.rows == 256
     np.testing.assert_array_equal(np.load(out), np.load(whole.features))
     assert load_features(out).paths == load_features(whole.features).paths
     assert not Path(f"{out}.partial").exists()

@@ -26,13 +26,21 @@ def test_find_images_names_the_folder_when_there_are_none(tmp_path: Path) -> Non
         find_images(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "P"])
-def test_every_mode_becomes_rgb_of_the_requested_size(tmp_path: Path, mode: str) -> None:
-    image = Image.new("RGB", (60, 40), (200, 40, 10)).convert(mode)
+ORANGE, ORANGE_LUMA = (200, 40, 10), 84  # luma: 0.299 R + 0.587 G + 0.114 B, as PIL's "L"
+
+
+@pytest.mark.parametrize("mode,colour", [
+    ("RGB", ORANGE), ("L", (ORANGE_LUMA,) * 3), ("LA", (ORANGE_LUMA,) * 3), ("RGBA", ORANGE), ("CMYK", ORANGE),
+    ("I;16", (ORANGE_LUMA,) * 3), ("P", ORANGE),  # P: dithered to the web palette, right on average
+])
+def test_every_mode_becomes_rgb_of_the_requested_size_and_colour(tmp_path: Path, mode: str,
+                                                                  colour: tuple[int, int, int]) -> None:
+    image = Image.new("RGB", (60, 40), ORANGE).convert(mode)
     path = tmp_path / ("image.tif" if mode in ("CMYK", "I;16") else "image.png")
     image.save(path)
     array = load_image(path, 16)
     assert array.shape == (16, 16, 3) and array.dtype == np.uint8
+    np.testing.assert_allclose(array.reshape(-1, 3).mean(axis=0), colour, atol=4)
 
 
 def test_transparent_palette_pixels_become_white(tmp_path: Path) -> None:

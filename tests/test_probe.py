@@ -96,16 +96,15 @@ def _probe(*args: str):
     return CliRunner().invoke(app, ["probe", *args])
 
 
-def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path, tiny_repo: Path,
+def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path, learned_repo: Path,
                                                                 tmp_path: Path) -> None:
-    args = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(tiny_repo / "tiny" / "1"),
+    args = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(learned_repo / "tiny" / "1"),
             "--limit-train", "1000", "--limit-test", "300", "--l2", "1e-4", "--l2", "1e-2", "--json"]
     first = _probe(*args, "--confusion", str(tmp_path / "confusion.png"))
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
-    for key in ("linear_top1", "linear_top5", "knn_top1"):
-        assert 0.0 <= report[key] <= 1.0
-    assert report["linear_top5"] >= report["linear_top1"] > 0.15
+    # Measured: 33% linear, 87% top-5, 26% kNN (chance 10%).
+    assert 1.0 >= report["linear_top5"] >= report["linear_top1"] > 0.15 and report["knn_top1"] > 0.15
     assert report["n_train"] == 1000 and report["n_test"] == 300 and len(report["classes"]) == 10
     assert report["model"]["name"] == "tiny" and report["l2"] in [float(k) for k in report["validation_top1"]]
     assert Image.open(tmp_path / "confusion.png").size[0] > 300
@@ -114,16 +113,19 @@ def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path
         {k: report[k] for k in ("linear_top1", "linear_top5", "knn_top1", "l2")}
 
 
-def test_cli_baselines(cifar_root: Path, tiny_repo: Path) -> None:
-    common = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(tiny_repo / "tiny" / "1"),
+def test_cli_baselines(cifar_root: Path, learned_repo: Path) -> None:
+    common = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(learned_repo / "tiny" / "1"),
               "--limit-train", "500", "--limit-test", "200", "--json", "--l2", "1e-3"]
     random = json.loads(_probe(*common, "--baseline", "random").stdout)
     pixels = json.loads(_probe(*common, "--baseline", "pixels").stdout)
     assert random["baseline"] == "random" and random["model"]["name"].startswith("random-resnet18")
     assert pixels["model"]["embedding_dim"] == 32 * 32 * 3 and pixels["l2"] == 1e-3
+    # Both baselines carry information (measured: random 22% linear / 20% kNN, pixels 24% / 23%; chance 10%).
+    for report in (random, pixels):
+        assert report["linear_top1"] > 0.15 and report["knn_top1"] > 0.13, report
 
 
-def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_folders: Path, tiny_repo: Path,
+def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_folders: Path, learned_repo: Path,
                                                                         tmp_path: Path) -> None:
     train, test = tmp_path / "train", tmp_path / "test"
     for split, source, classes in ((train, "train", ("cat", "dog", "ship")), (test, "test", ("cat", "dog", "frog"))):
@@ -132,7 +134,7 @@ def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_fo
             for path in sorted((cifar_folders / source / name).glob("*.jpg"))[:30]:
                 (split / name / path.name).write_bytes(path.read_bytes())
     (train / "empty").mkdir()
-    model = str(tiny_repo / "tiny" / "1")
+    model = str(learned_repo / "tiny" / "1")
     result = _probe("--train", str(train), "--test", str(test), "--model", model, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

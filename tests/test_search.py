@@ -37,12 +37,12 @@ def _mild_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def collection(cifar_folders: Path, tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CIFAR-10 test image per class, embedded with the session's tiny encoder (version 1)."""
+def collection(shapes_folder: Path, tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten generated pictures, one per folder, embedded with the session's tiny encoder (version 1)."""
     root = tmp_path_factory.mktemp("collection")
-    for folder in sorted((cifar_folders / "test").iterdir()):
-        (root / "images" / folder.name).mkdir(parents=True)
-        Image.open(folder / "0000.jpg").save(root / "images" / folder.name / "0000.png")
+    for index, path in enumerate(sorted(shapes_folder.iterdir())[:10]):
+        (root / "images" / f"picture{index}").mkdir(parents=True)
+        Image.open(path).save(root / "images" / f"picture{index}" / "0000.png")
     embed_images([root / "images"], root / "feats.npy", OnnxEncoder(tiny_repo / "tiny" / "1"), workers=0,
                  progress=False)
     return root / "feats.npy"
