@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from simclr.data.cifar import load_cifar
 from simclr.data.decoding import decode_chunks
 from simclr.data.images import class_of, find_images, try_load_image
 from simclr.progress import progress_bar
@@ -140,7 +141,8 @@ def labelled_folder(root: Path, size: int, classes: tuple[str, ...] | None = Non
 
 
 def torchvision_split(name: str, root: Path, train: bool, unlabeled: bool = False) -> InMemoryImages:
-    """CIFAR-10/100 or STL-10 read from `root` by torchvision (STL-10 train+unlabeled when `unlabeled`)."""
+    """CIFAR-10/100 (read by a restricted unpickler) or STL-10 (by torchvision) from `root`; STL-10's train+unlabeled
+    when `unlabeled`."""
     if name == "stl10":
         from torchvision.datasets import STL10
 
@@ -148,38 +150,12 @@ def torchvision_split(name: str, root: Path, train: bool, unlabeled: bool = Fals
         dataset = STL10(str(root), split=split, download=False)
         return InMemoryImages(torch.from_numpy(dataset.data), torch.from_numpy(dataset.labels).long(),
                               tuple(dataset.classes))
-    dataset = _load_cifar(name, root, train)
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    return InMemoryImages(images, torch.tensor(dataset.targets), tuple(dataset.classes))
-
-
-def _load_cifar(name: str, root: Path, train: bool):
     from torchvision.datasets import CIFAR10, CIFAR100
 
     official = CIFAR10 if name == "cifar10" else CIFAR100
-    try:
-        return official(str(root), train=train, download=False)
-    except RuntimeError:
-        pass
-    # Re-encoded copies (like the JPEG-decoded CIFAR-10 used in development) fail the md5 check of the official
-    # files; read the same documented layout without it, and say so.
-    unchecked = type(
-        f"Unchecked{official.__name__}",
-        (official,),
-        {
-            "train_list": [[file, None] for file, _ in official.train_list],
-            "test_list": [[file, None] for file, _ in official.test_list],
-            "meta": {**official.meta, "md5": None},
-        },
-    )
-    try:
-        dataset = unchecked(str(root), train=train, download=False)
-    except RuntimeError:
-        raise FileNotFoundError(
-            f"--data-root {root}: no {name} found (expected {root / official.base_folder}/ in torchvision's layout)"
-        ) from None
-    log.warning("%s in %s differs from the official files (md5); loaded without the check", name, root)
-    return dataset
+    md5 = {file: checksum for file, checksum in [*official.train_list, *official.test_list]}
+    images, labels, classes = load_cifar(name, root, train, official_md5=md5)
+    return InMemoryImages(torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 
 def _require_root(data: str, data_root: Path | None) -> Path:

@@ -1,0 +1,67 @@
+"""Hostile and careless inputs, generated in the test that uses them: every case of part 3/7 in one place, so that
+later stages can be checked against the same set."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command (what a crafted CIFAR batch does to a trusting loader)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def hostile_cifar_root(root: Path, marker: Path) -> Path:
+    """A CIFAR-10 root whose batch and meta files run `touch marker` when unpickled."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    payload = pickle.dumps({"data": _RunsCommand(f"touch {marker}"), "labels": [0]}, protocol=2)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
+        (folder / name).write_bytes(payload)
+    return root
+
+
+def png_with_a_bad_chunk(path: Path) -> Path:
+    """A PNG whose chunk after the header is garbage: Pillow raises SyntaxError for it."""
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(path)
+    data = bytearray(path.read_bytes())
+    data[37:41] = b"\x00\x00"  + b"\xff\xff"  # the IDAT chunk's length and name, broken
+    path.write_bytes(bytes(data))
+    return path
+
+
+def needle_png(path: Path, width: int = 1, height: int = 1_000_000) -> Path:
+    """A few KB of PNG that decodes to one pixel by a million: an absurd aspect ratio."""
+    raw = b"".join(b"\x00" + b"\x80\x80\x80" * width for _ in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def float_tiff(path: Path, value: float = 0.5) -> Path:
+    """A 32-bit float greyscale TIFF with values in 0..1 (mode F)."""
+    Image.fromarray(np.full((16, 16), value, np.float32), mode="F").save(path)
+    return path
+
+
+def grey16_png(path: Path, value: int = 1000) -> Path:
+    """A 16-bit greyscale PNG of one dark value (1000 of 65535)."""
+    Image.fromarray(np.full((16, 16), value, np.uint16)).save(path)
+    return path
