@@ -34,10 +34,13 @@ def hostile_cifar_root(root: Path, marker: Path) -> Path:
 
 
 def png_with_a_bad_chunk(path: Path) -> Path:
-    """A PNG whose chunk after the header is garbage: Pillow raises SyntaxError for it."""
-    Image.new("RGB", (8, 8), (10, 200, 30)).save(path)
+    """A PNG whose image data chunk claims half its length: Pillow opens it, then raises SyntaxError ("broken PNG
+    file") while decoding, as it reads the rest of the data as the next chunk."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
     data = bytearray(path.read_bytes())
-    data[37:41] = b"\x00\x00"  + b"\xff\xff"  # the IDAT chunk's length and name, broken
+    start = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[start:start + 4])
+    data[start:start + 4] = struct.pack(">I", length // 2)
     path.write_bytes(bytes(data))
     return path
 

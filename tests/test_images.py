@@ -6,6 +6,8 @@ from PIL import Image
 
 from simclr.data.images import NoImagesError, find_images, load_image, try_load_image
 
+from adversarial import float_tiff, grey16_png, needle_png, png_with_a_bad_chunk
+
 
 def test_find_images_is_recursive_sorted_and_survives_symlink_cycles(tmp_path: Path) -> None:
     (tmp_path / "b" / "deep").mkdir(parents=True)
@@ -36,6 +38,8 @@ ORANGE, ORANGE_LUMA = (200, 40, 10), 84  # luma: 0.299 R + 0.587 G + 0.114 B, as
 def test_every_mode_becomes_rgb_of_the_requested_size_and_colour(tmp_path: Path, mode: str,
                                                                   colour: tuple[int, int, int]) -> None:
     image = Image.new("RGB", (60, 40), ORANGE).convert(mode)
+    if mode == "I;16":  # 16-bit grey uses the whole 16-bit range: 8-bit 84 is 84 x 257
+        image = Image.fromarray(np.full((40, 60), ORANGE_LUMA * 257, np.uint16))
     path = tmp_path / ("image.tif" if mode in ("CMYK", "I;16") else "image.png")
     image.save(path)
     array = load_image(path, 16)
@@ -79,3 +83,63 @@ def test_unreadable_files_give_none_and_a_warning(tmp_path: Path, content: bytes
     with caplog.at_level("WARNING", logger="simclr"):
         assert try_load_image(path, 8) is None
     assert "broken.jpg" in caplog.text
+
+
+@pytest.mark.parametrize("make,value,expected", [
+    (float_tiff, 0.5, 128),  # float 0..1: half is mid-grey, not black
+    (float_tiff, 1.0, 255),
+    (grey16_png, 1000, 4),  # 1000 of 65535: near black, not stretched to white by its own maximum
+    (grey16_png, 65535, 255),
+])
+def test_high_bit_depth_greys_keep_their_level(tmp_path: Path, make, value: float, expected: int) -> None:
+    path = make(tmp_path / ("image.tif" if make is float_tiff else "image.png"), value)
+    assert np.abs(load_image(path, 8).astype(int) - expected).max() <= 1
+
+
+def test_a_damaged_png_is_unreadable_not_a_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = png_with_a_bad_chunk(tmp_path / "bad.png")
+    with pytest.raises(SyntaxError):  # what Pillow raises: one of the decode errors every reader records
+        np.asarray(Image.open(path).convert("RGB"))
+    with caplog.at_level("WARNING", logger="simclr"):
+        assert try_load_image(path, 8) is None
+    assert "bad.png" in caplog.text and "broken PNG file" in caplog.text
+
+
+def test_a_one_pixel_wide_strip_is_refused_before_decoding(tmp_path: Path) -> None:
+    import resource
+
+    path = needle_png(tmp_path / "needle.png")
+    assert path.stat().st_size < 10_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="1x1000000 pixels: aspect ratio beyond 50:1"):
+        load_image(path, 32)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KB: nothing was decoded
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the damage it skips
+def test_fuzzed_files_decode_or_are_unreadable_never_crash(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    originals = []
+    for kind in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"):
+        path = tmp_path / f"original.{kind.lower()}"
+        picture.save(path, format=kind)
+        originals.append(path.read_bytes())
+    outcomes = {"decoded": 0, "unreadable": 0}
+    for index in range(300):
+        data = bytearray(originals[index % len(originals)])
+        for _ in range(rng.integers(1, 8)):  # flip, cut or insert bytes
+            position = int(rng.integers(0, len(data)))
+            action = rng.integers(0, 3)
+            if action == 0:
+                data[position] = int(rng.integers(0, 256))
+            elif action == 1:
+                del data[position:position + int(rng.integers(1, 64))]
+            else:
+                data[position:position] = rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+        path = tmp_path / f"fuzz{index}.img"
+        path.write_bytes(bytes(data))
+        array = try_load_image(path, 8)  # anything but a decode error escaping is a bug
+        outcomes["unreadable" if array is None else "decoded"] += 1
+        assert array is None or (array.shape == (8, 8, 3) and array.dtype == np.uint8)
+    assert outcomes["decoded"] > 0 and outcomes["unreadable"] > 0, outcomes

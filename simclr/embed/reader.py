@@ -19,6 +19,7 @@ class ImageEntry:
 
     path: str
     label: str | None
+    error: str | None = None  # known before decoding (a folder that cannot be listed)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,12 @@ def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
     for given in inputs:
         given = Path(given)
         if given.is_dir():
-            for path in find_images(given):
+            unreadable: list[tuple[Path, str]] = []
+            for path in find_images(given, unreadable):
                 entries.append(ImageEntry(str(given / path.relative_to(given)), class_of(path, given)))
-        elif given.is_file():
-            entries.append(ImageEntry(str(given), None))
+            entries += [ImageEntry(str(folder), None, reason) for folder, reason in unreadable]
+        elif given.exists():
+            entries.append(ImageEntry(str(given), None))  # the decoder refuses what is not a regular file
         else:
             raise FileNotFoundError(f"{given}: no such file or folder")
     return entries
@@ -48,6 +51,7 @@ def decoded_batches(entries: list[ImageEntry], size: int, batch_size: int, worke
     """Batches of decoded images in input order. Decoding runs in `workers` processes (0: in this process),
     at most `prefetch` batches per worker ahead of the consumer, so memory stays bounded for any number of files."""
     chunks = [entries[start:start + batch_size] for start in range(0, len(entries), batch_size)]
-    paths = [[entry.path for entry in chunk] for chunk in chunks]
+    paths = [[entry.path for entry in chunk if entry.error is None] for chunk in chunks]
     for chunk, (images, errors) in zip(chunks, decode_chunks(paths, size, workers, prefetch), strict=True):
-        yield DecodedBatch(chunk, images, errors)
+        decoded = iter(errors)
+        yield DecodedBatch(chunk, images, [entry.error or next(decoded) for entry in chunk])

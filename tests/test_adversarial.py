@@ -1,0 +1,107 @@
+"""Hostile and careless inputs through the real commands, in fresh processes: each must end in a recorded failure or
+one clear line, never a traceback, a hang or a lost file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adversarial import needle_png, png_with_a_bad_chunk
+
+
+def _simclr(*args: str, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def hostile_folder(tiny_repo: Path) -> Path:
+    """Good pictures beside a damaged PNG, a 1 x 1,000,000 strip and a FIFO named like a JPEG, in a folder every
+    user can read (so that a non-root user can be denied a subfolder)."""
+    root = Path(tempfile.mkdtemp(prefix="simclr-hostile-"))
+    root.chmod(0o755)
+    for index in range(3):
+        Image.fromarray(np.full((20, 20, 3), 50 * index, np.uint8)).save(root / f"good{index}.png")
+    png_with_a_bad_chunk(root / "damaged.png")
+    needle_png(root / "needle.png")
+    os.mkfifo(root / "pipe.jpg")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _peak_rss_kb(*args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """A command and its peak resident memory (kB), as GNU time reports it."""
+    report = Path(tempfile.mkstemp(suffix=".rss")[1])
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), sys.executable, "-m", "simclr", *args],
+                            capture_output=True, text=True, timeout=60)
+    peak = int(report.read_text().split()[-1])
+    report.unlink()
+    return result, peak
+
+
+@pytest.mark.skipif(not Path("/usr/bin/time").is_file(), reason="needs GNU time to read peak memory")
+def test_embed_records_every_bad_file_and_stays_small(hostile_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    result, peak_kb = _peak_rss_kb("embed", str(hostile_folder), "--model", str(tiny_repo / "tiny"), "--out",
+                                   str(tmp_path / "feats.npy"), "--workers", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    errors = {Path(item["path"]).name: item["error"] for item in summary["failures"]}
+    assert summary["rows"] == 3 and set(errors) == {"damaged.png", "needle.png", "pipe.jpg"}
+    assert "broken PNG file" in errors["damaged.png"] and "aspect ratio" in errors["needle.png"]
+    assert "not a regular file" in errors["pipe.jpg"]
+    assert peak_kb < 1_000_000  # under 1 GB in all: no torch, and the strip is refused before it is decoded
+
+
+def test_search_and_train_survive_the_same_folder(hostile_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    index = tmp_path / "feats.npy"
+    assert _simclr("embed", str(hostile_folder), "--model", str(tiny_repo / "tiny"), "--out", str(index),
+                   "--workers", "0").returncode == 0
+    search = _simclr("search", str(hostile_folder), "--index", str(index), "-k", "1", "--json", timeout=60)
+    assert search.returncode == 0, search.stderr
+    unreadable = {Path(r["query"]).name for r in json.loads(search.stdout)["results"] if r["error"]}
+    assert unreadable == {"damaged.png", "needle.png", "pipe.jpg"}
+    train = _simclr("train", "--data", str(hostile_folder), "--out", str(tmp_path / "run"), "--width", "0.0625",
+                    "--image-size", "16", "--batch-size", "2", "--max-steps", "1", "--workers", "0", timeout=120)
+    assert train.returncode == 0, train.stderr
+    assert "damaged.png" in train.stderr and "Traceback" not in train.stderr
+
+
+def _unlistable_folder(parent: Path) -> Path:
+    """A subfolder this process cannot list: mode 000 for a normal user; for root (whom modes do not stop), a link
+    to /proc/1/map_files, which needs a capability containers do not grant."""
+    folder = parent / "secret"
+    if os.geteuid() != 0:
+        folder.mkdir()
+        folder.chmod(0)
+        return folder
+    try:
+        os.listdir("/proc/1/map_files")
+    except PermissionError:
+        folder.symlink_to("/proc/1/map_files")
+        return folder
+    pytest.skip("running as root with CAP_SYS_ADMIN: no folder here is unlistable")
+
+
+def test_an_unreadable_subfolder_is_recorded_and_fails_strict(hostile_folder: Path, tiny_repo: Path,
+                                                              tmp_path: Path) -> None:
+    (hostile_folder / "pipe.jpg").unlink()
+    secret = _unlistable_folder(hostile_folder)
+    try:
+        result = _simclr("embed", str(hostile_folder), "--model", str(tiny_repo / "tiny"), "--out",
+                         str(tmp_path / "feats.npy"), "--workers", "0", "--strict")
+    finally:
+        if not secret.is_symlink():
+            secret.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert "--strict" in result.stderr.strip().splitlines()[-1]
+    records = [json.loads(line) for line in (tmp_path / "feats.jsonl").read_text().splitlines()[1:-1]]
+    failed = {Path(record["path"]).name: record["error"] for record in records if record["row"] is None}
+    assert "PermissionError" in failed["secret"]
