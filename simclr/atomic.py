@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,18 +19,37 @@ def default_mode(directory: bool = False) -> int:
 
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it over `path` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with replaced_together(path) as (file,):
+        write(file)
+
+
+@contextlib.contextmanager
+def replaced_together(*paths: Path) -> Iterator[list[BinaryIO]]:
+    """Binary files to write, one per path, as temporary files beside them. When the block ends, every file is
+    synced and only then renamed over its path, one right after the other; when the block or a sync fails (a full
+    disk), the temporary files are removed and `paths` stay as they were."""
+    paths = [Path(path) for path in paths]
+    staged: list[tuple[Path, BinaryIO]] = []
     try:
-        os.chmod(temporary, default_mode())
-        with os.fdopen(handle, "wb") as file:
-            write(file)
+        for path in paths:
+            if path.is_dir():
+                raise IsADirectoryError(f"{path}: is a folder (name a file to write)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.chmod(temporary, default_mode())
+            staged.append((Path(temporary), os.fdopen(handle, "wb")))
+        yield [file for _, file in staged]
+        for _, file in staged:
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+            file.close()
+        for (temporary, _), path in zip(staged, paths, strict=True):
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for temporary, file in staged:
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                file.close()
+            temporary.unlink(missing_ok=True)
         raise
 
 

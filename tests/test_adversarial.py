@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,3 +107,45 @@ def test_an_unreadable_subfolder_is_recorded_and_fails_strict(hostile_folder: Pa
     records = [json.loads(line) for line in (tmp_path / "feats.jsonl").read_text().splitlines()[1:-1]]
     failed = {Path(record["path"]).name: record["error"] for record in records if record["row"] is None}
     assert "PermissionError" in failed["secret"]
+
+
+def _limited_file_size(limit_bytes: int):
+    """For a child process: writes past `limit_bytes` fail with EFBIG, as on a full disk."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+def test_a_failed_final_write_keeps_the_previous_pair(shapes_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "feats.npy"
+    first = _simclr("embed", str(shapes_folder / "000.png"), "--model", str(tiny_repo / "tiny"), "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes(), out.with_suffix(".jsonl").read_bytes()
+    second = subprocess.run([sys.executable, "-m", "simclr", "embed", str(shapes_folder), "--model",
+                             str(tiny_repo / "tiny"), "--out", str(out), "--workers", "0"],
+                            capture_output=True, text=True, timeout=120,
+                            # the 256 x 64 float32 rows (65,536 bytes) fit, the .npy with its header does not:
+                            # the run fails in its final write
+                            preexec_fn=_limited_file_size(65_600))
+    assert second.returncode == 1 and second.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in second.stderr
+    assert (out.read_bytes(), out.with_suffix(".jsonl").read_bytes()) == before
+    assert not list(tmp_path.glob(".*.tmp")) and Path(f"{out}.partial").stat().st_size == 65_536
+
+
+@pytest.mark.parametrize("option", ["--out", "--grid"])
+def test_an_output_that_is_a_folder_is_one_line(option: str, shapes_folder: Path, tiny_repo: Path,
+                                                tmp_path: Path) -> None:
+    index = tmp_path / "feats.npy"
+    assert _simclr("embed", str(shapes_folder / "000.png"), "--model", str(tiny_repo / "tiny"), "--out",
+                   str(index)).returncode == 0
+    (tmp_path / "folder").mkdir()
+    if option == "--out":
+        result = _simclr("embed", str(shapes_folder / "000.png"), "--model", str(tiny_repo / "tiny"), "--out",
+                         str(tmp_path / "folder"))
+    else:
+        result = _simclr("search", str(shapes_folder / "000.png"), "--index", str(index), "--grid",
+                         str(tmp_path / "folder"))
+    assert result.returncode == 1 and "folder" in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr

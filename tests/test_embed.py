@@ -161,7 +161,7 @@ def test_normalize_gives_unit_rows(kinds_folder: Path, tiny_repo: Path, tmp_path
 
 @pytest.mark.parametrize("args,message", [
     (["missing-folder"], "missing-folder: no such file or folder"),
-    (["--out", "feats.txt", "."], "must end in .npy"),
+    (["--out", "feats.txt", "."], "must name a .npy file"),
     (["--model", "nowhere", "."], "--model nowhere"),
     (["--server", "127.0.0.1:1", "."], "--server needs --model-name"),
 ])

@@ -72,5 +72,5 @@ def test_resume_of_another_run_is_refused_and_keeps_its_files(tmp_path: Path) ->
 
 
 def test_out_must_be_a_npy_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="must end in .npy"):
+    with pytest.raises(ValueError, match="must name a .npy file"):
         FeatureWriter(tmp_path / "feats.bin", 4, HEADER, resume=False)

@@ -12,8 +12,9 @@ import typer
 
 from simclr.errors import first_line
 
-# Errors a user can fix: the CLI prints their one-line message and exits 1.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+# Errors a user can fix: the CLI prints their one-line message and exits 1. OSError covers missing files, folders
+# given for files, permissions and a full disk.
+USER_ERRORS = (ValueError, OSError)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -8,13 +8,12 @@ no file that looks valid, and `resume` continues from the partial files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from simclr.atomic import atomic_write_bytes
+from simclr.atomic import replaced_together
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
 
@@ -23,8 +22,8 @@ class FeatureWriter:
 
     def __init__(self, out: Path, dim: int, header: FeaturesHeader, resume: bool) -> None:
         self.out = Path(out)
-        if self.out.suffix != ".npy":
-            raise ValueError(f"--out {out}: must end in .npy")
+        if self.out.suffix != ".npy" or self.out.is_dir():
+            raise ValueError(f"--out {out}: must name a .npy file" + (" (it is a folder)" if self.out.is_dir() else ""))
         self.dim = dim
         self.sidecar = sidecar_path(self.out)
         self.rows_partial = Path(f"{self.out}.partial")
@@ -91,23 +90,22 @@ class FeatureWriter:
         self.done += len(paths)
 
     def finish(self) -> None:
-        """Publish feats.npy (header + rows, renamed into place) and then feats.jsonl; remove the partial files."""
+        """Publish feats.npy (header + rows) and feats.jsonl (records + summary) together: both are written and
+        synced beside the previous pair before either replaces it, so a failure (a full disk) leaves that pair whole
+        and the partial files ready for --resume. Then the partial files are removed."""
         self.close()
         header_shape = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
                         "shape": (self.rows, self.dim)}
-
-        def write_npy(file) -> None:
-            np.lib.format.write_array_header_1_0(file, header_shape)
-            with open(self.rows_partial, "rb") as rows:
-                shutil.copyfileobj(rows, file, 1 << 22)
-
-        self.sidecar.unlink(missing_ok=True)  # never a new feats.npy beside an old sidecar
-        atomic_write_bytes(self.out, write_npy)
         summary = {"summary": {"rows": self.rows, "failed": self.failed, "dim": self.dim}}
-        with open(self.records_partial, "a") as file:
-            file.write(json.dumps(summary) + "\n")
-        os.replace(self.records_partial, self.sidecar)
+        with replaced_together(self.out, self.sidecar) as (features, sidecar):
+            np.lib.format.write_array_header_1_0(features, header_shape)
+            with open(self.rows_partial, "rb") as rows:
+                shutil.copyfileobj(rows, features, 1 << 22)
+            with open(self.records_partial, "rb") as records:
+                shutil.copyfileobj(records, sidecar, 1 << 22)
+            sidecar.write((json.dumps(summary) + "\n").encode())
         self.rows_partial.unlink()
+        self.records_partial.unlink()
 
     def close(self) -> None:
         if not self._rows_file.closed:
