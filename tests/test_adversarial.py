@@ -149,3 +149,27 @@ def test_an_output_that_is_a_folder_is_one_line(option: str, shapes_folder: Path
                          str(tmp_path / "folder"))
     assert result.returncode == 1 and "folder" in result.stderr.strip().splitlines()[-1], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,option", [
+    (["serve", "--http-port", "70000"], "--http-port"),
+    (["serve", "--instances", "0"], "--instances"),
+    (["export", "RUN", "--queue-delay-us", "-5"], "--queue-delay-us"),
+    (["export", "RUN", "--instances", "0"], "--instances"),
+    (["export", "RUN", "--max-batch-size", "0"], "--max-batch-size"),
+    (["embed", "x.png", "--workers", "-1"], "--workers"),
+    (["embed", "x.png", "--threads", "-3"], "--threads"),
+    (["search", "x.png", "-k", "0"], "-k"),
+    (["index", "feats.npy", "--nlist", "-4"], "--nlist"),
+    (["probe", "--data", "cifar10", "--knn-k", "0"], "--knn-k"),
+    (["probe", "--data", "cifar10", "--limit-train", "0"], "--limit-train"),
+    (["train", "--data", "x", "--out", "run", "--preset", "mnist"], "--preset"),
+])
+def test_out_of_range_arguments_are_refused_by_the_parser(args: list[str], option: str, contract_run: Path) -> None:
+    result = _simclr(*[str(contract_run) if arg == "RUN" else arg for arg in args])
+    assert result.returncode == 2 and f"'{option}'" in result.stderr, result.stderr
+
+
+def test_a_model_name_with_a_newline_is_refused(contract_run: Path, tmp_path: Path) -> None:
+    result = _simclr("export", str(contract_run), "--repo", str(tmp_path / "repo"), "--name", "abc\n")
+    assert result.returncode == 1 and "--name" in result.stderr and not (tmp_path / "repo").exists()

@@ -141,3 +141,10 @@ def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None
 def test_index_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
     result = _cli("index", str(tmp_path / "nothing.npy"))
     assert result.exit_code == 1 and "no such features file" in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("nlist", [0, 5001])
+def test_an_impossible_nlist_is_named(nlist: int) -> None:
+    vectors = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=f"--nlist {nlist}: must be 1 to the number of vectors \\(5000\\)"):
+        build_index(vectors, "ivf", nlist=nlist)

@@ -38,8 +38,8 @@ def demo_command(
                                                     "model of the source tree]")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py: also run the linear "
                                                         "probe. [default: skip it]")] = None,
-    probe_train: Annotated[int, typer.Option(help="CIFAR-10 train images for the demo's probe (the test split is "
-                                                  "used whole).")] = 10_000,
+    probe_train: Annotated[int, typer.Option(min=1, help="CIFAR-10 train images for the demo's probe (the test split "
+                                                         "is used whole).")] = 10_000,
 ) -> None:
     """Run the whole tool end to end: embed photos, index, search with augmented views, serve on Triton, probe."""
     from simclr.cli.common import setup_logging, user_errors

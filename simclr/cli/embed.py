@@ -22,8 +22,8 @@ def embed_command(
                    ] = Path("feats.npy"),
     *,
     encoder: EncoderSpec,
-    batch_size: Annotated[int, Option(help="Images per encoder call.")] = 256,
-    workers: Annotated[int | None, Option(help="Decoding processes (0: decode in this process). [default: all "
+    batch_size: Annotated[int, Option(min=1, help="Images per encoder call.")] = 256,
+    workers: Annotated[int | None, Option(min=0, help="Decoding processes (0: decode in this process). [default: all "
                                                "cores]")] = None,
     normalize: Annotated[bool, Option("--normalize/--no-normalize", help="L2-normalise each row.")] = False,
     resume: Annotated[bool, Option(help="Continue an interrupted run of the same command from where it stopped.")

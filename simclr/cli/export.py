@@ -16,9 +16,10 @@ def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one.")],
     repo: Annotated[Path, Option(help="Triton model repository to add the model to.")] = Path("model_repository"),
     name: Annotated[str, Option(help="Model name in the repository (letters, digits, _ - .).")] = "simclr_resnet18",
-    max_batch_size: Annotated[int, Option(help="Largest batch Triton accepts (config.pbtxt max_batch_size).")] = 256,
-    instances: Annotated[int, Option(help="Model instances Triton runs (instance_group count).")] = 1,
-    queue_delay_us: Annotated[int, Option(help="Dynamic batching: longest wait to fill a batch, microseconds.")
+    max_batch_size: Annotated[int, Option(min=1, help="Largest batch Triton accepts (config.pbtxt max_batch_size).")
+                              ] = 256,
+    instances: Annotated[int, Option(min=1, help="Model instances Triton runs (instance_group count).")] = 1,
+    queue_delay_us: Annotated[int, Option(min=0, help="Dynamic batching: longest wait to fill a batch, microseconds.")
                               ] = 1000,
     dynamic_batching: Annotated[bool, Option("--dynamic-batching/--no-dynamic-batching",
                                              help="Let Triton merge concurrent requests into larger batches.")

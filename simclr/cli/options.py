@@ -23,7 +23,7 @@ _PARAMETERS = {
     "model_version": Annotated[str, Option(help="Model version on the server. [default: the newest]")],
     "device": Annotated[Literal[DEVICES], Option(help="ONNX Runtime device (auto: CUDA when onnxruntime-gpu has "
                                                       "it).")],
-    "threads": Annotated[int | None, Option(help="ONNX Runtime threads. [default: all cores]")],
+    "threads": Annotated[int | None, Option(min=1, help="ONNX Runtime threads. [default: all cores]")],
 }
 
 

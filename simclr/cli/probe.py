@@ -35,10 +35,12 @@ def probe_command(
                                     "model's image size.")] = None,
     l2: Annotated[list[float] | None, Option(help="L2 strengths to choose from on a held-out 20% of train "
                                                   "(repeat the option). [default: 1e-6 ... 1e-2]")] = None,
-    knn_k: Annotated[int, Option(help="Neighbours of the kNN classifier.")] = 200,
+    knn_k: Annotated[int, Option(min=1, help="Neighbours of the kNN classifier.")] = 200,
     knn_temperature: Annotated[float, Option(help="Temperature of the kNN vote weights.")] = 0.1,
-    limit_train: Annotated[int | None, Option(help="Use a seeded random subset of this many train images.")] = None,
-    limit_test: Annotated[int | None, Option(help="Use a seeded random subset of this many test images.")] = None,
+    limit_train: Annotated[int | None, Option(min=1, help="Use a seeded random subset of this many train images.")
+                           ] = None,
+    limit_test: Annotated[int | None, Option(min=1, help="Use a seeded random subset of this many test images.")
+                          ] = None,
     seed: Annotated[int, Option(help="Seed of the held-out split and the subsets.")] = 0,
     confusion: Annotated[Path | None, Option(help="Write the linear classifier's confusion matrix as a PNG.")] = None,
     json_output: Annotated[bool, Option("--json", help="Print the report as JSON on stdout.")] = False,

@@ -21,7 +21,7 @@ Option = typer.Option
 def index_command(
     features: Annotated[Path, typer.Argument(help="Features written by simclr-embed.")] = Path("feats.npy"),
     kind: Annotated[Literal[KINDS], Option(help="auto is exact (flat) up to 50,000 vectors, IVF above.")] = "auto",
-    nlist: Annotated[int | None, Option(help="IVF lists. [default: 4 sqrt(N)]")] = None,
+    nlist: Annotated[int | None, Option(min=1, help="IVF lists. [default: 4 sqrt(N)]")] = None,
     target_recall: Annotated[float, Option(help="Approximate indexes: raise nprobe until recall@10 on a sample "
                                                 "reaches this.")] = 0.95,
     json_output: Annotated[bool, Option("--json", help="Print the report as JSON on stdout.")] = False,
@@ -46,7 +46,7 @@ def search_command(
     queries: Annotated[list[Path], typer.Argument(help="Query images, or folders of them.")],
     index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy); its index feats.faiss "
                                                   "is built (exact) and saved when missing.")] = Path("feats.npy"),
-    k: Annotated[int, Option("-k", help="Neighbours per query.")] = 10,
+    k: Annotated[int, Option("-k", min=1, max=1000, help="Neighbours per query.")] = 10,
     grid: Annotated[Path | None, Option(help="Also write a PNG contact sheet: each query and its neighbours.")
                     ] = None,
     *,

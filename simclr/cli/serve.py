@@ -19,10 +19,10 @@ Option = typer.Option
 def serve_command(
     repo: Annotated[Path, Option(help="Triton model repository.")] = Path("model_repository"),
     host: Annotated[str, Option(help="Address to bind (0.0.0.0 for every interface).")] = "127.0.0.1",
-    http_port: Annotated[int, Option(help="HTTP/REST port.")] = 8000,
-    grpc_port: Annotated[int, Option(help="gRPC port.")] = 8001,
-    metrics_port: Annotated[int, Option(help="Prometheus metrics port.")] = 8002,
-    instances: Annotated[int | None, Option(help="Instances per model. [default: as each config.pbtxt says]")
+    http_port: Annotated[int, Option(min=1, max=65535, help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, Option(min=1, max=65535, help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
+    instances: Annotated[int | None, Option(min=1, help="Instances per model. [default: as each config.pbtxt says]")
                          ] = None,
     log_file: Annotated[Path | None, Option(help="Server log. [default: simclr-triton-<pid>.log in the temp "
                                                  "folder]")] = None,

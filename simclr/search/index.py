@@ -58,6 +58,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = Non
         index.add(data)
         return index, IndexReport(kind="flat", vectors=count, dim=dim, nlist=None, nprobe=None, recall_at_10=None,
                                   build_seconds=time.perf_counter() - started)
+    if nlist is not None and not 1 <= nlist <= count:
+        raise ValueError(f"--nlist {nlist}: must be 1 to the number of vectors ({count})")
     nlist = nlist or max(1, min(int(4 * math.sqrt(count)), count // 39))  # FAISS wants >= 39 training points a list
     quantizer = faiss.IndexFlatIP(dim)
     if kind == "ivfpq":
