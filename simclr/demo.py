@@ -112,7 +112,7 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
 
     features = load_features(features_path)
     index, built = build_index(features.vectors, "auto")
-    save_index(index, index_path(features_path))
+    save_index(index, features_path)
     say(f"3. {built.kind} index of {built.vectors} vectors -> {index_path(features_path)}")
 
     queries = out / "queries"

@@ -173,3 +173,44 @@ def test_out_of_range_arguments_are_refused_by_the_parser(args: list[str], optio
 def test_a_model_name_with_a_newline_is_refused(contract_run: Path, tmp_path: Path) -> None:
     result = _simclr("export", str(contract_run), "--repo", str(tmp_path / "repo"), "--name", "abc\n")
     assert result.returncode == 1 and "--name" in result.stderr and not (tmp_path / "repo").exists()
+
+
+def test_resume_refuses_a_changed_file_list(shapes_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    from simclr.embed.onnx_encoder import OnnxEncoder
+    from simclr.embed.runner import embed_images
+
+    folder = tmp_path / "images"
+    shutil.copytree(shapes_folder, folder)
+    out = tmp_path / "feats.npy"
+
+    class StopAfterTwo(OnnxEncoder):
+        calls = 0
+
+        def embed(self, images):
+            StopAfterTwo.calls += 1
+            if StopAfterTwo.calls > 2:
+                raise KeyboardInterrupt
+            return super().embed(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_images([folder], out, StopAfterTwo(tiny_repo / "tiny"), batch_size=32, workers=0, progress=False)
+    (folder / "000.png").rename(folder / "zzz.png")  # the same number of files, another list
+    result = _simclr("embed", str(folder), "--model", str(tiny_repo / "tiny"), "--out", str(out), "--resume")
+    assert result.returncode == 1 and "other image files" in result.stderr, result.stderr
+
+
+def test_search_from_another_folder_finds_the_recorded_files(shapes_folder: Path, tiny_repo: Path,
+                                                              tmp_path: Path) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(shapes_folder, work / "images")
+    elsewhere.mkdir()
+    assert subprocess.run([sys.executable, "-m", "simclr", "embed", "images", "--model", str(tiny_repo / "tiny"),
+                           "--out", "feats.npy"], cwd=work, capture_output=True).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "simclr", "search", str(work / "images" / "005.jpg"), "--index",
+                             str(work / "feats.npy"), "-k", "1", "--json", "--grid", "grid.png"], cwd=elsewhere,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    found = Path(json.loads(result.stdout)["results"][0]["neighbours"][0]["path"])
+    assert found.is_file() and found.resolve() == (work / "images" / "005.jpg").resolve()
+    grid = np.asarray(Image.open(elsewhere / "grid.png").convert("L"), dtype=float)
+    assert grid.std() > 10  # real thumbnails, not grey placeholders

@@ -88,15 +88,40 @@ def test_a_different_model_is_refused(collection: Path, tiny_repo: Path) -> None
     assert "was embedded with model tiny v1" in result.output and "query model is tiny v2" in result.output
 
 
-def test_stale_index_is_refused(collection: Path, tmp_path: Path) -> None:
-    features = load_features(collection)
-    other = tmp_path / "feats.npy"
+def _copy_collection(collection: Path, folder: Path) -> Path:
+    other = folder / "feats.npy"
     for suffix in (".npy", ".jsonl"):
         other.with_suffix(suffix).write_bytes(collection.with_suffix(suffix).read_bytes())
-    index, _ = build_index(np.asarray(features.vectors[:5]), "flat")
-    save_index(index, index_path(other))
-    result = _cli("search", features.paths[0], "--index", str(other))
-    assert result.exit_code == 1 and "rebuild it with `simclr index" in result.output
+    return other
+
+
+def _top1(query: str, index: Path) -> tuple[str, str]:
+    result = _cli("search", query, "--index", str(index), "-k", "1", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["results"][0]["neighbours"][0]["path"], result.output
+
+
+@pytest.mark.parametrize("damage", ["other-features", "wrong-size", "bit-flip", "no-record"])
+def test_a_stale_or_damaged_index_is_never_used(collection: Path, tmp_path: Path, damage: str) -> None:
+    other = _copy_collection(collection, tmp_path)
+    features = load_features(other)
+    vectors = np.array(features.vectors)  # a copy: the file under the memory map is rewritten below
+    wrong = {"other-features": vectors[::-1].copy(), "wrong-size": vectors[:5]}.get(damage, vectors)
+    index, _ = build_index(wrong, "flat")
+    save_index(index, other)
+    if damage == "other-features":  # an index built for these features, then the features change under it
+        np.save(other, vectors[::-1].copy())
+        save_index(index, other)
+        np.save(other, vectors)
+    elif damage == "bit-flip":
+        data = bytearray(index_path(other).read_bytes())
+        data[-20] ^= 0x40
+        index_path(other).write_bytes(bytes(data))
+    elif damage == "no-record":
+        Path(f"{index_path(other)}.json").unlink()
+    found, output = _top1(features.paths[3], other)
+    assert found == features.paths[3]  # rebuilt from the features: the right neighbour, never the stale one
+    assert "rebuilding it" in output
 
 
 def test_unreadable_query_is_reported_not_fatal(collection: Path, tmp_path: Path) -> None:
@@ -111,9 +136,10 @@ def test_index_round_trip_gives_the_same_answers(tmp_path: Path) -> None:
     vectors = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
     index, report = build_index(vectors, "auto")
     assert report.kind == "flat" and report.recall_at_10 is None
-    save_index(index, tmp_path / "x.faiss")
+    np.save(tmp_path / "x.npy", vectors)
+    save_index(index, tmp_path / "x.npy")
     queries = vectors[:7] + 0.01
-    before, after = search(index, queries, 5), search(load_index(tmp_path / "x.faiss"), queries, 5)
+    before, after = search(index, queries, 5), search(load_index(tmp_path / "x.npy"), queries, 5)
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_allclose(before[0], after[0])
     assert (before[1][:, 0] == np.arange(7)).all()
@@ -135,7 +161,7 @@ def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None
     report = json.loads(result.stdout)
     assert report["kind"] == kind and report["nlist"] > 1 and 1 <= report["nprobe"] <= report["nlist"]
     assert report["recall_at_10"] >= (0.95 if kind == "ivf" else 0.5)
-    assert load_index(tmp_path / "feats.faiss").ntotal == 20_000
+    assert load_index(tmp_path / "feats.npy").ntotal == 20_000
 
 
 def test_index_of_a_missing_file_is_one_line(tmp_path: Path) -> None:

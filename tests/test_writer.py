@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from simclr.embed.sidecar import FeaturesHeader
 from simclr.embed.writer import FeatureWriter
 
 HEADER = FeaturesHeader(model=ModelIdentity("m", "1", "ab" * 32, 8, 4), model_source="m.onnx", inputs=("in",),
-                        cwd="/", normalized=False, images=5)
+                        cwd=os.getcwd(), normalized=False, images=5)
 
 
 def _rows(count: int, start: int = 0) -> np.ndarray:
@@ -74,3 +75,39 @@ def test_resume_of_another_run_is_refused_and_keeps_its_files(tmp_path: Path) ->
 def test_out_must_be_a_npy_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must name a .npy file"):
         FeatureWriter(tmp_path / "feats.bin", 4, HEADER, resume=False)
+
+
+def test_rows_lost_to_a_power_cut_are_embedded_again_not_zero_filled(tmp_path: Path) -> None:
+    out = tmp_path / "feats.npy"
+    with FeatureWriter(out, 4, HEADER, resume=False) as writer:
+        writer.write(["a", "b"], [None, None], _rows(2), [None, None])
+        writer.write(["c"], [None], _rows(1, 2), [None])
+    rows = Path(f"{out}.partial")
+    rows.write_bytes(rows.read_bytes()[:-16])  # the records name row 2, the disk never got it
+    with FeatureWriter(out, 4, HEADER, resume=True) as writer:
+        assert (writer.done, writer.rows) == (2, 2)
+        writer.write(["c", "d", "e"], [None] * 3, _rows(3, 2), [None] * 3)
+        writer.finish()
+    np.testing.assert_array_equal(np.load(out), _rows(5))
+
+
+def _finished(tmp_path: Path) -> Path:
+    out = tmp_path / "feats.npy"
+    with FeatureWriter(out, 4, HEADER, resume=False) as writer:
+        writer.write(["a", "b", "c"], [None] * 3, _rows(3), [None] * 3)
+        writer.finish()
+    return out
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda lines: [lines[0], lines[2], lines[1], *lines[3:]], "line 2: .*row 1 where row 0 comes next"),
+    (lambda lines: [*lines[:2], "{not json", *lines[3:]], "line 3: not a simclr-embed record"),
+    (lambda lines: [*lines[:2], '{"row": 1}', *lines[3:]], "line 3: .*missing 'path'"),
+    (lambda lines: ["[]", *lines[1:]], "line 1: .*not a simclr-embed sidecar"),
+], ids=["swapped-rows", "bad-json", "missing-field", "bad-header"])
+def test_a_damaged_sidecar_names_its_line(tmp_path: Path, edit, message: str) -> None:
+    out = _finished(tmp_path)
+    sidecar = out.with_suffix(".jsonl")
+    sidecar.write_text("\n".join(edit(sidecar.read_text().splitlines())) + "\n")
+    with pytest.raises(ValueError, match=f"feats.jsonl, {message}"):
+        load_features(out)

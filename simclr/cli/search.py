@@ -31,7 +31,7 @@ def index_command(
     with user_errors():
         loaded = load_features(features)
         index, report = build_index(loaded.vectors, kind, nlist, target_recall=target_recall)
-        save_index(index, index_path(features))
+        save_index(index, features)
     if json_output:
         print_json({"index": str(index_path(features)), **dataclasses.asdict(report)})
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +47,40 @@ def load_features(path: Path) -> Features:
         vectors = np.load(path, mmap_mode="r")
     except ValueError as error:
         raise ValueError(f"{path}: not a .npy array ({error})") from None
-    with open(sidecar) as file:
-        header = FeaturesHeader.from_json(json.loads(file.readline()), sidecar)
-        paths, labels, failures, summary = [], [], [], None
-        for line in file:
-            record = json.loads(line)
-            if "summary" in record:
-                summary = record["summary"]
-            elif record.get("row") is None:
-                failures.append(record)
-            else:
-                paths.append(record["path"])
-                labels.append(record.get("class"))
-    if summary is None or vectors.ndim != 2 or summary["rows"] != len(vectors) or len(paths) != len(vectors):
+    header, paths, labels, failures, summary = _read_sidecar(sidecar)
+    if summary is None or vectors.ndim != 2 or summary.get("rows") != len(vectors) or len(paths) != len(vectors):
         raise ValueError(f"{path} ({len(vectors)} rows) and {sidecar} ({len(paths)} images) do not match; "
                          "re-run simclr-embed")
+    if header.cwd != os.getcwd():  # relative paths were recorded from another working directory
+        paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(header.cwd, p)) for p in paths]
     return Features(path, vectors, paths, labels, failures, header)
+
+
+def _read_sidecar(sidecar: Path):
+    """(header, paths, labels, failures, summary) of a sidecar; ValueError names the file and line of any record
+    that is not what simclr-embed writes, rows out of order included."""
+    header, paths, labels, failures, summary = None, [], [], [], None
+    with open(sidecar) as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                record = json.loads(line)
+                if number == 1:
+                    header = FeaturesHeader.from_json(record, sidecar)
+                elif "summary" in record:
+                    summary = record["summary"]
+                    if not isinstance(summary, dict):
+                        raise ValueError("the summary is not an object")
+                elif record["row"] is None:
+                    failures.append({**record, "path": str(record["path"])})
+                elif record["row"] != len(paths):
+                    raise ValueError(f"row {record['row']} where row {len(paths)} comes next")
+                else:
+                    paths.append(str(record["path"]))
+                    labels.append(record.get("class"))
+            except (ValueError, KeyError, TypeError) as error:
+                reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+                raise ValueError(f"{sidecar}, line {number}: not a simclr-embed record ({reason}); re-run "
+                                 "simclr-embed") from None
+    if header is None:
+        raise ValueError(f"{sidecar}: empty (re-run simclr-embed)")
+    return header, paths, labels, failures, summary

@@ -13,7 +13,7 @@ import numpy as np
 from simclr.embed.encoder import Encoder
 from simclr.embed.features import unit_rows
 from simclr.embed.reader import decoded_batches, scan_inputs
-from simclr.embed.sidecar import FeaturesHeader
+from simclr.embed.sidecar import FeaturesHeader, listing_sha256
 from simclr.embed.writer import FeatureWriter
 from simclr.progress import progress_bar
 
@@ -41,7 +41,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     entries = scan_inputs(inputs)
     header = FeaturesHeader(model=encoder.identity, model_source=encoder.source, inputs=tuple(str(p) for p in inputs),
-                            cwd=os.getcwd(), normalized=normalize, images=len(entries))
+                            cwd=os.getcwd(), normalized=normalize, images=len(entries),
+                            listing_sha256=listing_sha256(entry.path for entry in entries))
     started = time.perf_counter()
     failures: list[tuple[str, str]] = []
     with FeatureWriter(out, encoder.identity.embedding_dim, header, resume) as writer:

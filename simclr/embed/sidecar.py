@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,14 @@ from simclr.embed.encoder import ModelIdentity
 
 SIDECAR_FORMAT = "simclr-embeddings"
 SIDECAR_VERSION = 1
+
+
+def listing_sha256(paths: Iterable[str]) -> str:
+    """A checksum of a list of paths, in order (streamed: one path at a time)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
 
 
 def sidecar_path(features_path: Path) -> Path:
@@ -28,13 +39,16 @@ class FeaturesHeader:
     cwd: str
     normalized: bool
     images: int
+    listing_sha256: str = ""  # of the image paths in input order: --resume needs the very same list
+
 
     def to_json(self) -> dict[str, Any]:
         model = {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256,
                  "image_size": self.model.image_size, "embedding_dim": self.model.embedding_dim,
                  "source": self.model_source}
         return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "model": model, "inputs": list(self.inputs),
-                "cwd": self.cwd, "normalized": self.normalized, "images": self.images}
+                "cwd": self.cwd, "normalized": self.normalized, "images": self.images,
+                "listing_sha256": self.listing_sha256}
 
     @classmethod
     def from_json(cls, record: Any, source: Path) -> FeaturesHeader:
@@ -46,11 +60,11 @@ class FeaturesHeader:
             identity = ModelIdentity(str(model["name"]), str(model["version"]), str(model["sha256"]),
                                      int(model["image_size"]), int(model["embedding_dim"]))
             return cls(identity, str(model.get("source", "")), tuple(str(p) for p in record["inputs"]),
-                       str(record["cwd"]), bool(record["normalized"]), int(record["images"]))
+                       str(record["cwd"]), bool(record["normalized"]), int(record["images"]),
+                       str(record.get("listing_sha256", "")))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: damaged sidecar header ({type(error).__name__}: {error})") from None
 
     def same_run(self, other: FeaturesHeader) -> bool:
         """Whether `other` embeds the same inputs with the same model and settings (what --resume requires)."""
-        return (self.inputs, self.cwd, self.normalized, self.images) == \
-            (other.inputs, other.cwd, other.normalized, other.images) and self.model == other.model
+        return dataclasses.replace(self, model_source="") == dataclasses.replace(other, model_source="")

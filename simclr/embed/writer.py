@@ -8,6 +8,7 @@ no file that looks valid, and `resume` continues from the partial files.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -52,19 +53,30 @@ class FeatureWriter:
         except ValueError:  # a header cut short: nothing of that run can be trusted
             return False
         if not saved.same_run(self.header):
-            raise ValueError(f"{self.records_partial}: the interrupted run used other inputs, model or settings; "
-                             "run without --resume to start over")
+            same_files = saved.listing_sha256 == self.header.listing_sha256
+            changed = "inputs, model or settings" if same_files else "image files"
+            raise ValueError(f"{self.records_partial}: the interrupted run had other {changed}; run without --resume "
+                             "to start over")
         return True
 
     def _reopen(self) -> None:
-        """Keep the complete records, and exactly the rows they account for."""
+        """Keep the complete records whose rows are all on disk, and exactly those rows (after a power loss the
+        rows file can be shorter than its records: the run then resumes from what is really there)."""
         lines = self.records_partial.read_text().split("\n")
-        complete = [line for line in lines[1:-1] if line]  # the last piece is "" or a line cut short
-        records = [json.loads(line) for line in complete]
-        self.rows = sum(1 for record in records if record.get("row") is not None)
-        self.failed = len(records) - self.rows
-        self.done = len(records)
-        self.records_partial.write_text("\n".join([lines[0], *complete]) + "\n")
+        rows_on_disk = self.rows_partial.stat().st_size // (self.dim * 4)
+        kept: list[str] = []
+        for line in lines[1:-1]:  # the last piece is "" or a line cut short
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if record.get("row") is not None and record["row"] >= rows_on_disk:
+                break
+            kept.append(line)
+        self.rows = sum(1 for line in kept if json.loads(line).get("row") is not None)
+        self.failed = len(kept) - self.rows
+        self.done = len(kept)
+        self.records_partial.write_text("\n".join([lines[0], *kept]) + "\n")
         with open(self.rows_partial, "r+b") as file:
             file.truncate(self.rows * self.dim * 4)
 
@@ -75,7 +87,8 @@ class FeatureWriter:
         if embeddings.shape != (sum(error is None for error in errors), self.dim):
             raise ValueError(f"embeddings of shape {embeddings.shape} for {len(paths)} images of dimension {self.dim}")
         self._rows_file.write(embeddings.tobytes())
-        self._rows_file.flush()  # rows first: records never point past the rows on disk
+        self._rows_file.flush()
+        os.fsync(self._rows_file.fileno())  # rows on disk first: records never point past them, even on power loss
         lines = []
         for path, label, error in zip(paths, labels, errors, strict=True):
             if error is None:
@@ -87,6 +100,7 @@ class FeatureWriter:
             lines.append(json.dumps(record))
         self._records_file.write("\n".join(lines) + "\n")
         self._records_file.flush()
+        os.fsync(self._records_file.fileno())
         self.done += len(paths)
 
     def finish(self) -> None:

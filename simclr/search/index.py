@@ -7,15 +7,18 @@ reaches the target.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from simclr.atomic import atomic_write_bytes
+from simclr.atomic import atomic_write_bytes, atomic_write_text
 from simclr.embed.features import unit_rows
 from simclr.errors import first_line
+from simclr.export.layout import sha256_of
 
 KINDS = ("auto", "flat", "ivf", "ivfpq")
 EXACT_UP_TO = 50_000  # `auto` builds an exact index up to this many vectors
@@ -104,24 +107,51 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def save_index(index, path: Path) -> None:
-    """Write the index atomically."""
+class StaleIndexError(ValueError):
+    """An index that was not built from the features beside it as they are now, or whose file is damaged."""
+
+
+def index_record_path(features_path: Path) -> Path:
+    """feats.npy -> feats.faiss.json: what the index was built from, and its own checksum."""
+    return Path(f"{index_path(features_path)}.json")
+
+
+def save_index(index, features_path: Path) -> Path:
+    """Write the index of `features_path` beside it (feats.faiss), atomically, with a record that binds it to the
+    features' sha256 and its own. Returns the index path."""
     import faiss
 
-    serialized = faiss.serialize_index(index)
-    atomic_write_bytes(path, lambda file: file.write(serialized.tobytes()))
+    serialized = faiss.serialize_index(index).tobytes()
+    path = index_path(features_path)
+    atomic_write_bytes(path, lambda file: file.write(serialized))
+    record = {"features": Path(features_path).name, "features_sha256": sha256_of(features_path),
+              "index_sha256": hashlib.sha256(serialized).hexdigest(), "vectors": index.ntotal, "dim": index.d}
+    atomic_write_text(index_record_path(features_path), json.dumps(record, indent=2) + "\n")
+    return path
 
 
-def load_index(path: Path):
+def load_index(features_path: Path):
+    """The index of `features_path`. FileNotFoundError when there is none; StaleIndexError when it was built from
+    other features (they changed since) or its file is damaged."""
     import faiss
 
-    path = Path(path)
+    path, record_path = index_path(features_path), index_record_path(features_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such index")
     try:
-        return faiss.read_index(str(path))
+        record = json.loads(record_path.read_text())
+        bound = record["features_sha256"], record["index_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StaleIndexError(f"{path}: no readable record of what it was built from ({record_path})") from None
+    if bound[0] != sha256_of(features_path):
+        raise StaleIndexError(f"{path} was built from other features than {features_path} holds now")
+    serialized = path.read_bytes()
+    if hashlib.sha256(serialized).hexdigest() != bound[1]:
+        raise StaleIndexError(f"{path}: damaged (its checksum differs from the one recorded when it was built)")
+    try:
+        return faiss.deserialize_index(np.frombuffer(serialized, dtype=np.uint8))
     except RuntimeError as error:
-        raise ValueError(f"{path}: not a FAISS index ({first_line(error)})") from None
+        raise StaleIndexError(f"{path}: not a FAISS index ({first_line(error)})") from None
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,15 @@ from simclr.data.decoding import decode_many
 from simclr.embed.encoder import Encoder, same_model
 from simclr.embed.features import Features, load_features
 from simclr.embed.reader import scan_inputs
-from simclr.search.index import build_index, index_path, load_index, save_index, search
+from simclr.search.index import (
+    EXACT_UP_TO,
+    StaleIndexError,
+    build_index,
+    index_path,
+    load_index,
+    save_index,
+    search,
+)
 
 log = logging.getLogger("simclr")
 
@@ -36,17 +44,24 @@ class QueryResult:
 
 
 def open_index(features_path: Path) -> tuple[Features, object]:
-    """The features and their FAISS index; builds and saves an exact index when there is none yet."""
+    """The features and their FAISS index. When there is none yet, or it is stale or damaged, an exact index is
+    built and saved for up to EXACT_UP_TO rows (with a warning when one was replaced); a larger collection's stale
+    index is refused with the command that rebuilds it."""
     features = load_features(features_path)
-    path = index_path(features_path)
-    if path.exists():
-        index = load_index(path)
-        if index.ntotal != len(features.vectors) or index.d != features.vectors.shape[1]:
-            raise ValueError(f"{path} holds {index.ntotal} vectors of {index.d} dims but {features_path} has "
-                             f"{features.vectors.shape}: rebuild it with `simclr index {features_path}`")
+    try:
+        index = load_index(features_path)
+        if (index.ntotal, index.d) != features.vectors.shape:
+            raise StaleIndexError(f"{index_path(features_path)} holds {index.ntotal} vectors of {index.d} dims, "
+                                  f"{features_path} {features.vectors.shape[0]} of {features.vectors.shape[1]}")
         return features, index
+    except FileNotFoundError:
+        pass
+    except StaleIndexError as stale:
+        if len(features.vectors) > EXACT_UP_TO:
+            raise StaleIndexError(f"{stale}: rebuild it with `simclr index {features_path}`") from None
+        log.warning("%s; rebuilding it (exact)", stale)
     index, report = build_index(features.vectors, kind="flat")
-    save_index(index, path)
+    path = save_index(index, features_path)
     log.info("built an exact index of %d vectors: %s", report.vectors, path)
     return features, index
 
