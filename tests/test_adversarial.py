@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,37 @@ def test_search_from_another_folder_finds_the_recorded_files(shapes_folder: Path
     assert found.is_file() and found.resolve() == (work / "images" / "005.jpg").resolve()
     grid = np.asarray(Image.open(elsewhere / "grid.png").convert("L"), dtype=float)
     assert grid.std() > 10  # real thumbnails, not grey placeholders
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_embed_takes_its_decoding_workers_down(shapes_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    for copy in range(12):  # a few thousand files: long enough to catch the workers at work
+        shutil.copytree(shapes_folder, images / str(copy))
+    process = subprocess.Popen([sys.executable, "-m", "simclr", "embed", str(images), "--model",
+                                str(tiny_repo / "tiny"), "--out", str(tmp_path / "feats.npy"), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(process.pid)
+    assert len(workers) >= 2, "the decoding workers never started"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,3 +137,82 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "simclr", "serve", "--repo", str(tmp_path / "none")],
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.strip() == f"error: --repo {tmp_path / 'none'}: no such folder"
+
+
+def _serve(repo: Path, ports: list[int], *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "simclr", "serve", "--repo", str(repo), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _work_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("simclr-triton-*-*"))
+
+
+def test_kill_9_of_serve_takes_the_server_down_and_a_new_serve_starts(tiny_repo: Path) -> None:
+    ports = [free_port(), free_port(), free_port()]
+    folders_before = _work_folders()
+    process = _serve(tiny_repo, ports)
+    assert "http://" in process.stdout.readline(), process.stderr.read()
+    process.kill()  # SIGKILL: the launcher cleans nothing up itself
+    process.wait()
+    deadline = time.monotonic() + 30
+    while not all(_port_free(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_port_free(port) for port in ports), "the server outlived its launcher"
+    again = _serve(tiny_repo, ports)
+    assert "http://" in again.stdout.readline(), again.stderr.read()
+    assert len(_work_folders() - folders_before) == 1  # the live server's: the dead launcher's is gone
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=60) == 0
+    assert _work_folders() <= folders_before  # the dead launcher's folder went with the next start
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tiny_repo: Path) -> None:
+    ports = [free_port(), free_port(), free_port()]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports[1]))
+        squatter.listen()
+        result = _serve(tiny_repo, ports)
+        _, stderr = result.communicate(timeout=60)
+    assert result.returncode == 1
+    assert stderr.strip().splitlines()[-1] == (f"error: --grpc-port {ports[1]} on 127.0.0.1 is in use (Address "
+                                               "already in use): stop what listens there or choose another port")
+
+
+def test_a_garbage_config_is_one_line_and_leaves_nothing(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "tiny" / "config.pbtxt").write_text("this is { not protobuf")
+    folders_before = _work_folders()
+    result = _serve(repo, [free_port(), free_port(), free_port()])
+    _, stderr = result.communicate(timeout=60)
+    assert result.returncode == 1 and "config.pbtxt: not a Triton model configuration" in stderr.splitlines()[-1]
+    assert _work_folders() <= folders_before
+
+
+def test_the_log_never_follows_a_planted_link(tiny_repo: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "triton.log").symlink_to(victim)
+    result = _serve(tiny_repo, [free_port(), free_port(), free_port()], "--log-file", str(tmp_path / "triton.log"))
+    _, stderr = result.communicate(timeout=60)
+    assert result.returncode == 1 and "--log-file" in stderr.splitlines()[-1]
+    assert victim.read_text() == "precious"
+
+
+def test_sigterm_while_starting_stops_at_once_and_leaves_nothing(tiny_repo: Path) -> None:
+    ports = [free_port(), free_port(), free_port()]
+    folders_before = _work_folders()
+    process = _serve(tiny_repo, ports)
+    deadline = time.monotonic() + 30
+    while not _work_folders() - folders_before and time.monotonic() < deadline:  # inside start(), not yet ready
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and "stopped by signal while starting" in stderr
+    deadline = time.monotonic() + 20
+    while not all(_port_free(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_port_free(port) for port in ports) and _work_folders() <= folders_before

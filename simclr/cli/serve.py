@@ -24,8 +24,8 @@ def serve_command(
     metrics_port: Annotated[int, Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
     instances: Annotated[int | None, Option(min=1, help="Instances per model. [default: as each config.pbtxt says]")
                          ] = None,
-    log_file: Annotated[Path | None, Option(help="Server log. [default: simclr-triton-<pid>.log in the temp "
-                                                 "folder]")] = None,
+    log_file: Annotated[Path | None, Option(help="Server log, kept after the server stops. [default: a file in the "
+                                                 "server's private work folder, removed when it stops]")] = None,
     ready_timeout: Annotated[float, Option(help="Seconds to wait for every model to be ready.")] = 120.0,
     health_every: Annotated[float, Option(help="Seconds between health checks, each a real inference per model; "
                                                "a failed check stops the server with status 1 (0: never).")] = 30.0,
@@ -39,12 +39,18 @@ def serve_command(
     options = ServerOptions(repo=Path(repo), host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, instances=instances, log_file=log_file,
                             ready_timeout=ready_timeout)
+    # While the server starts, SIGINT/SIGTERM interrupt the start (which stops what it launched); once it serves,
+    # they end the serving loop below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with user_errors(ServerError):
+        server = TritonServer(options)
+        try:
+            server.start()
+        except KeyboardInterrupt:
+            raise fail("stopped by signal while starting; nothing is left running", code=130) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with user_errors(ServerError):
-        server = TritonServer(options)
-        server.start()
     try:
         kind = "nvidia-pytriton's tritonserver (python backend + ONNX Runtime)" if server.binary.embedded else \
             f"{server.binary.path} (onnxruntime backend)"

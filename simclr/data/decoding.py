@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from simclr.data.images import DECODE_ERRORS, load_image
+from simclr.lifetime import die_with_parent
 
 
 def decode_many(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, list[str | None]]:
@@ -35,7 +37,7 @@ def decode_chunks(chunks: Sequence[Sequence[str | Path]], size: int, workers: in
         for chunk in chunks:
             yield decode_many(chunk, size)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(signal.SIGKILL,)) as pool:
         pending: deque[Future] = deque()
         next_chunk = 0
         while pending or next_chunk < len(chunks):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from simclr.errors import first_line
 from simclr.export.layout import CONFIG_FILE, MODEL_FILE, versions
+from simclr.lifetime import die_with_parent
 
 log = logging.getLogger("simclr")
 
@@ -97,7 +98,10 @@ def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -
     generated = work / "models"
     for name in model_names(repo):
         source = repo / name
-        config = text_format.Parse((source / CONFIG_FILE).read_text(), model_config_pb2.ModelConfig())
+        try:
+            config = text_format.Parse((source / CONFIG_FILE).read_text(), model_config_pb2.ModelConfig())
+        except text_format.ParseError as error:
+            raise ServerError(f"{source / CONFIG_FILE}: not a Triton model configuration ({error})") from None
         config.name = name
         config.backend = "python"
         config.ClearField("platform")
@@ -116,6 +120,37 @@ def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -
             shutil.copy(PYTHON_MODEL, folder / "model.py")
             (folder / MODEL_FILE).symlink_to((source / str(version) / MODEL_FILE).resolve())
     return generated
+
+
+def _check_ports_free(options: ServerOptions) -> None:
+    """ServerError naming the first port something already listens on (an orphaned server, another service)."""
+    for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
+                         ("--metrics-port", options.metrics_port)):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no use
+            try:
+                probe.bind((options.host, port))
+            except OSError as error:
+                raise ServerError(f"{option} {port} on {options.host} is in use ({error.strerror}): stop what "
+                                  "listens there or choose another port") from None
+
+
+def _remove_orphaned_work_folders() -> None:
+    """Work folders of launchers that died without cleaning up (killed with SIGKILL): their pid is in the name."""
+    for folder in Path(tempfile.gettempdir()).glob("simclr-triton-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and folder.stat().st_uid == os.getuid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_log(path: Path):
+    """The server log, opened for writing without following a link planted at its name (owner-only when new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        raise ServerError(f"--log-file {path}: cannot write it ({error.strerror})") from None
+    return os.fdopen(handle, "wb")
 
 
 def _python_backend_dir(binary: TritonBinary, work: Path) -> Path:
@@ -158,7 +193,7 @@ class TritonServer:
         self.binary = find_triton()
         self.process: subprocess.Popen | None = None
         self.work: Path | None = None
-        self.log_file = options.log_file or Path(tempfile.gettempdir()) / f"simclr-triton-{os.getpid()}.log"
+        self.log_file: Path | None = options.log_file  # None until start(): then triton.log in the private folder
 
     @property
     def http_url(self) -> str:
@@ -177,26 +212,35 @@ class TritonServer:
         return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
 
     def start(self) -> TritonServer:
-        """Launch tritonserver and wait until every model is ready; ServerError (with the log's tail) otherwise."""
+        """Launch tritonserver and wait until every model is ready; ServerError (with the log's tail) otherwise.
+
+        Refuses ports something already listens on. The work folder (generated repository, and the log unless
+        --log-file names one) is private (0700) and removed by stop(); the server gets SIGTERM when this process
+        dies, however it dies, and a later start removes work folders that dead launchers left.
+        """
         options = self.options
-        self.work = Path(tempfile.mkdtemp(prefix="simclr-triton-"))
-        command = [str(self.binary.path), "--http-address", options.host, "--http-port", str(options.http_port),
-                   "--grpc-address", options.host, "--grpc-port", str(options.grpc_port),
-                   "--metrics-address", options.host, "--metrics-port", str(options.metrics_port),
-                   "--model-control-mode", "none", "--strict-readiness", "true", "--exit-on-error", "true"]
-        environment = dict(os.environ)
-        if self.binary.embedded:
-            command += ["--model-repository", str(_python_backend_repository(Path(options.repo), self.work, options)),
-                        "--backend-directory", str(_python_backend_dir(self.binary, self.work))]
-            environment = _embedded_environment(self.binary)
-        else:
-            command += ["--model-repository", str(Path(options.repo).resolve())]
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "wb") as log_output:
-            # A new session: the server gets signals from stop() only, and its children can be stopped together.
-            self.process = subprocess.Popen(command, stdout=log_output, stderr=subprocess.STDOUT, env=environment,
-                                            start_new_session=True)
+        _check_ports_free(options)
+        _remove_orphaned_work_folders()
+        self.work = Path(tempfile.mkdtemp(prefix=f"simclr-triton-{os.getpid()}-"))
         try:
+            self.log_file = options.log_file or self.work / "triton.log"
+            command = [str(self.binary.path), "--http-address", options.host, "--http-port", str(options.http_port),
+                       "--grpc-address", options.host, "--grpc-port", str(options.grpc_port),
+                       "--metrics-address", options.host, "--metrics-port", str(options.metrics_port),
+                       "--model-control-mode", "none", "--strict-readiness", "true", "--exit-on-error", "true"]
+            environment = dict(os.environ)
+            if self.binary.embedded:
+                repository = _python_backend_repository(Path(options.repo), self.work, options)
+                command += ["--model-repository", str(repository),
+                            "--backend-directory", str(_python_backend_dir(self.binary, self.work))]
+                environment = _embedded_environment(self.binary)
+            else:
+                command += ["--model-repository", str(Path(options.repo).resolve())]
+            with _open_log(self.log_file) as log_output:
+                # A new session: the server gets signals from stop() (or from the kernel when this process dies)
+                # only, and its children can be stopped together.
+                self.process = subprocess.Popen(command, stdout=log_output, stderr=subprocess.STDOUT, env=environment,
+                                                start_new_session=True, preexec_fn=die_with_parent)
             self._wait_until_ready()
             self.check_inference()
         except BaseException:
