@@ -249,3 +249,59 @@ def test_kill_9_of_embed_takes_its_decoding_workers_down(shapes_folder: Path, ti
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_export_into_a_model_whose_served_file_is_truncated_is_one_line(contract_run: Path, tmp_path: Path) -> None:
+    from simclr.export.repository import export_to_repository
+
+    model = export_to_repository(contract_run, tmp_path / "repo", "m").model_path
+    model.write_bytes(model.read_bytes()[:1000])
+    result = _simclr("export", str(contract_run), "--repo", str(tmp_path / "repo"), "--name", "m")
+    assert result.returncode == 1 and "not a readable ONNX model" in result.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_an_export_killed_midway_leaves_a_folder_the_next_export_removes(contract_run: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    process = subprocess.Popen([sys.executable, "-m", "simclr", "export", str(contract_run), "--repo", str(repo),
+                                "--name", "m"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((repo / "m").glob(".export-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    if not list((repo / "m").glob(".export-*")):
+        pytest.skip("the export finished before it could be killed")
+    assert _simclr("export", str(contract_run), "--repo", str(repo), "--name", "m").returncode == 0
+    assert not list((repo / "m").glob(".export-*"))
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(contract_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from simclr.train.checkpoint import save_checkpoint
+
+    state = torch.load(contract_run / "last.pt", weights_only=True)
+    state["config"]["model"]["width"] = 0.25  # the weights are of width 0.125
+    save_checkpoint(tmp_path / "last.pt", state)
+    result = _simclr("export", str(tmp_path / "last.pt"), "--repo", str(tmp_path / "repo"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "weights do not fit its recorded config" in result.stderr
+
+
+def test_probe_features_of_two_dimensions_are_one_line(tmp_path: Path) -> None:
+    from simclr.embed.encoder import ModelIdentity
+    from simclr.embed.sidecar import FeaturesHeader
+    from simclr.embed.writer import FeatureWriter
+
+    for name, dim in (("train", 8), ("test", 16)):
+        header = FeaturesHeader(model=ModelIdentity(name, "1", "", 32, dim), model_source="", inputs=(name,),
+                                cwd=os.getcwd(), normalized=False, images=4)
+        with FeatureWriter(tmp_path / f"{name}.npy", dim, header, resume=False) as writer:
+            writer.write([f"{c}/{i}.png" for c in "ab" for i in range(2)], ["a", "a", "b", "b"],
+                         np.ones((4, dim), np.float32), [None] * 4)
+            writer.finish()
+    result = _simclr("probe", "--train-features", str(tmp_path / "train.npy"), "--test-features",
+                     str(tmp_path / "test.npy"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "train features have 8 dimensions, test features 16" in result.stderr

@@ -240,3 +240,16 @@ def test_python_module_entry_point_shows_help() -> None:
     result = subprocess.run([sys.executable, "-m", "simclr", "train", "--help"], capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0 and "--max-steps" in result.stdout and "--resume" in result.stdout
+
+
+def test_an_epoch_resumed_midway_reports_the_mean_of_all_its_steps(image_folder: Path, tmp_path: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert _invoke("--data", str(image_folder), "--out", str(whole), *SMALL, "--max-steps", "3").exit_code == 0
+    assert _invoke("--data", str(image_folder), "--out", str(split), *SMALL, "--max-steps", "1").exit_code == 0
+    assert _invoke("--out", str(split), "--resume", "--max-steps", "3").exit_code == 0
+
+    def epoch_one(run: Path) -> dict:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return next(r for r in records if r["event"] == "epoch" and r["epoch"] == 1)
+
+    assert epoch_one(split) == epoch_one(whole)  # steps 1-3, not only the two after the resume

@@ -29,6 +29,10 @@ def evaluate_features(train_features, train_labels, test_features, test_labels, 
                       l2_grid: tuple[float, ...] = L2_GRID, k: int = 200, temperature: float = 0.1, seed: int = 0,
                       device: str = "cpu") -> ProbeReport:
     """The linear evaluation protocol (L2 chosen on held-out train) and the weighted kNN classifier."""
+    train_dim, test_dim = np.shape(train_features)[-1], np.shape(test_features)[-1]
+    if train_dim != test_dim:
+        raise ValueError(f"train features have {train_dim} dimensions, test features {test_dim}: embed both splits "
+                         "with the same model")
     started = time.perf_counter()
     linear = linear_probe(train_features, train_labels, test_features, test_labels, num_classes, l2_grid,
                           seed=seed, device=device)

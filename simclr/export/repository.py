@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import tempfile
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.atomic import atomic_write_text, default_mode
+from simclr.errors import first_line
 from simclr.export.layout import (
     CONFIG_FILE,
     INPUT_NAME,
@@ -90,7 +92,8 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     model_dir = Path(repo) / name
     created_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=".export-"))
+    _remove_abandoned_exports(model_dir)
+    scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".export-{os.getpid()}-"))
     try:
         scratch.chmod(default_mode(directory=True))
         exported = export_onnx(checkpoint, scratch / MODEL_FILE, fp16=fp16, weights=weights)
@@ -110,6 +113,14 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
                            export=dataclasses.replace(exported, path=target / MODEL_FILE))
 
 
+def _remove_abandoned_exports(model_dir: Path) -> None:
+    """Scratch folders of exports whose process died (killed mid-export): their pid is in the name."""
+    for scratch in model_dir.glob(".export-*-*"):
+        pid = scratch.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:
     """All versions of one Triton model share config.pbtxt, so their input and output shapes must agree."""
     import onnx
@@ -118,7 +129,11 @@ def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:
     if not existing:
         return
     served_path = model_dir / str(existing[-1]) / MODEL_FILE
-    served_model = onnx.load(str(served_path), load_external_data=False)
+    try:
+        served_model = onnx.load(str(served_path), load_external_data=False)
+    except Exception as error:  # onnx raises protobuf's DecodeError and others for a damaged file
+        raise ValueError(f"{served_path}: the served version is not a readable ONNX model ({first_line(error)}); "
+                         "restore it or export under another --name") from None
     served = ModelMetadata.from_props({prop.key: prop.value for prop in served_model.metadata_props}, served_path)
     for key in ("image_size", "embedding_dim"):
         if getattr(served, key) != getattr(metadata, key):

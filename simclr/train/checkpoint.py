@@ -54,7 +54,11 @@ def resolve_checkpoint(source: Path) -> Path:
 def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
     """Encoder f (eval mode) and the run's config from a training checkpoint."""
     state = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
-    encoder = ResNetEncoder(config.model)
-    encoder.load_state_dict(state["encoder"])
+    try:
+        config = TrainConfig.from_dict(state["config"])
+        encoder = ResNetEncoder(config.model)
+        encoder.load_state_dict(state["encoder"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # torch lists every mismatched tensor
+        raise CheckpointError(f"{checkpoint}: its weights do not fit its recorded config ({first_line(error)})"
+                              ) from None
     return encoder.eval(), config

@@ -133,6 +133,7 @@ class Trainer:
         self.two_views = TwoViews(simclr_augmentation(config.augment, self.augment_generator))
 
         self.step, self.epoch = 0, 0
+        self.epoch_steps: list[tuple[float, float]] = []  # (loss, accuracy) of this epoch's steps, resumes included
         self.resumed = resume
         if resume:
             self._restore()
@@ -153,6 +154,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
+        self.epoch_steps = [tuple(pair) for pair in state.get("epoch_steps", [])]
         augment_states = state["rng"]["augment"]
         self.augment_generator.set_state(augment_states[distributed.rank() % len(augment_states)])
         torch.set_rng_state(state["rng"]["torch"])
@@ -171,6 +173,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "step": self.step,
+            "epoch_steps": [list(pair) for pair in self.epoch_steps],
             "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
         })
 
@@ -222,15 +225,13 @@ class Trainer:
         """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last (loss, accuracy)."""
         epoch = self.epoch
         skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
-        losses, accuracies = [], []
         window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
         stopped = False
         with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                           disable=not self.is_main) as bar:
             for images in self._batches(epoch, skip):
                 loss, accuracy = self.train_step(images)
-                losses.append(loss)
-                accuracies.append(accuracy)
+                self.epoch_steps.append((loss, accuracy))
                 window.count(1)
                 bar.update(1)
                 if self.step % self.config.log_every == 0 or self.step == self.max_steps:
@@ -246,7 +247,7 @@ class Trainer:
         if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
             self.save(epoch)
         else:
-            self._end_epoch(losses, accuracies)
+            self._end_epoch()
         if stopped:
             raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
                                       "continue with --resume")
@@ -269,8 +270,10 @@ class Trainer:
         self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
                       "contrastive_accuracy": accuracy, "lr": lr, "images_per_second": images_per_second})
 
-    def _end_epoch(self, losses: list[float], accuracies: list[float]) -> None:
+    def _end_epoch(self) -> None:
         """Count the finished epoch, save it, and log its means (and the kNN monitor when due)."""
+        losses, accuracies = zip(*self.epoch_steps, strict=True)
+        self.epoch_steps = []
         self.epoch += 1
         self.save(self.epoch)
         record = {"event": "epoch", "step": self.step, "epoch": self.epoch, "loss": sum(losses) / len(losses),
