@@ -150,9 +150,15 @@ def _work_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("simclr-triton-*-*"))
 
 
+def _server_leftovers() -> set[str]:
+    """Shared-memory regions and environments of Triton's python backend."""
+    return {*(str(p) for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")),
+            *(str(p) for p in Path(tempfile.gettempdir()).glob("python_env_*"))}
+
+
 def test_kill_9_of_serve_takes_the_server_down_and_a_new_serve_starts(tiny_repo: Path) -> None:
     ports = [free_port(), free_port(), free_port()]
-    folders_before = _work_folders()
+    folders_before, leftovers_before = _work_folders(), _server_leftovers()
     process = _serve(tiny_repo, ports)
     assert "http://" in process.stdout.readline(), process.stderr.read()
     process.kill()  # SIGKILL: the launcher cleans nothing up itself
@@ -161,6 +167,9 @@ def test_kill_9_of_serve_takes_the_server_down_and_a_new_serve_starts(tiny_repo:
     while not all(_port_free(port) for port in ports) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert all(_port_free(port) for port in ports), "the server outlived its launcher"
+    while _server_leftovers() - leftovers_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _server_leftovers() - leftovers_before  # it shut down cleanly: no shared memory left behind
     again = _serve(tiny_repo, ports)
     assert "http://" in again.stdout.readline(), again.stderr.read()
     assert len(_work_folders() - folders_before) == 1  # the live server's: the dead launcher's is gone
