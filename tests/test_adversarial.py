@@ -305,3 +305,8 @@ def test_probe_features_of_two_dimensions_are_one_line(tmp_path: Path) -> None:
                      str(tmp_path / "test.npy"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "train features have 8 dimensions, test features 16" in result.stderr
+
+
+def test_a_negative_l2_strength_is_one_line(tmp_path: Path) -> None:
+    result = _simclr("probe", "--train-features", "a.npy", "--test-features", "b.npy", "--l2", "-1")
+    assert result.returncode == 1 and result.stderr.strip() == "error: --l2 -1: must be 0 or more"

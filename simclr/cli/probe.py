@@ -55,9 +55,11 @@ def probe_command(
 
     setup_logging()
     with user_errors(EncoderError, CheckpointError, NoImagesError):
-        if knn_k < 1 or knn_temperature <= 0 or any(strength < 0 for strength in l2 or ()):
-            raise ValueError(f"--knn-k {knn_k} must be at least 1, --knn-temperature {knn_temperature} positive and "
-                             f"--l2 {l2} at least 0")
+        if knn_temperature <= 0:
+            raise ValueError(f"--knn-temperature {knn_temperature}: must be positive")
+        for strength in l2 or ():
+            if strength < 0:
+                raise ValueError(f"--l2 {strength:g}: must be 0 or more")
         precomputed = train_features is not None or test_features is not None
         model = None if precomputed else evaluation_encoder(encoder, checkpoint, baseline)
         train_set, test_set = labelled_sets(model, data=data, data_root=data_root, train=train, test=test,
