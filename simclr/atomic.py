@@ -26,8 +26,11 @@ def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
 @contextlib.contextmanager
 def replaced_together(*paths: Path) -> Iterator[list[BinaryIO]]:
     """Binary files to write, one per path, as temporary files beside them. When the block ends, every file is
-    synced and only then renamed over its path, one right after the other; when the block or a sync fails (a full
-    disk), the temporary files are removed and `paths` stay as they were."""
+    synced and only then renamed over its path, one right after the other, the last path last; when the block or a
+    sync fails (a full disk), the temporary files are removed and `paths` stay as they were.
+
+    For a pair (data, the record that describes it) the last path is removed before the others are renamed: a crash
+    between the renames can leave the record missing, never an old record beside new data."""
     paths = [Path(path) for path in paths]
     staged: list[tuple[Path, BinaryIO]] = []
     try:
@@ -36,21 +39,33 @@ def replaced_together(*paths: Path) -> Iterator[list[BinaryIO]]:
                 raise IsADirectoryError(f"{path}: is a folder (name a file to write)")
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.chmod(temporary, default_mode())
             staged.append((Path(temporary), os.fdopen(handle, "wb")))
+            os.chmod(temporary, default_mode())
         yield [file for _, file in staged]
         for _, file in staged:
             file.flush()
             os.fsync(file.fileno())
             file.close()
+        if len(paths) > 1:
+            paths[-1].unlink(missing_ok=True)
         for (temporary, _), path in zip(staged, paths, strict=True):
             os.replace(temporary, path)
+        for folder in {path.parent for path in paths}:  # the renames themselves survive a power loss
+            _sync_folder(folder)
     except BaseException:
         for temporary, file in staged:
             with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
                 file.close()
             temporary.unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

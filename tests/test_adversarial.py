@@ -310,3 +310,8 @@ def test_probe_features_of_two_dimensions_are_one_line(tmp_path: Path) -> None:
 def test_a_negative_l2_strength_is_one_line(tmp_path: Path) -> None:
     result = _simclr("probe", "--train-features", "a.npy", "--test-features", "b.npy", "--l2", "-1")
     assert result.returncode == 1 and result.stderr.strip() == "error: --l2 -1: must be 0 or more"
+
+
+def test_probe_checks_its_data_options_before_opening_a_model(tmp_path: Path) -> None:
+    result = _simclr("probe", "--train", str(tmp_path), "--model", str(tmp_path / "no-such-model"))
+    assert result.returncode == 1 and result.stderr.strip() == "error: --train and --test go together"

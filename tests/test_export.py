@@ -107,7 +107,9 @@ def test_batch_norm_is_exported_unfolded_under_the_checkpoint_names(contract_run
     assert props["stem"] == "cifar" and props["cifar_stem"] == "true"
 
 
-def test_unknown_weight_precision_is_one_line(contract_run: Path, tmp_path: Path) -> None:
+def test_unknown_weight_precision_is_refused_by_the_parser(contract_run: Path, tmp_path: Path) -> None:
     result = _export(str(contract_run), "--repo", str(tmp_path / "repo"), "--weights", "int4")
-    assert result.exit_code == 1 and "--weights 'int4'" in result.output and result.output.count("\n") == 1
-    assert not (tmp_path / "repo" / "simclr_resnet18").exists()
+    assert result.exit_code == 2 and "'--weights'" in result.output and "'fp32', 'fp16'" in result.output
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(ValueError, match="--weights 'int4': choose one of fp32, fp16"):
+        export_onnx(contract_run, tmp_path / "model.onnx", weights="int4")

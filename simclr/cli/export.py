@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from simclr.cli.common import print_json, setup_logging, user_errors
+from simclr.export.layout import WEIGHT_PRECISIONS
 
 Option = typer.Option
 
@@ -24,9 +25,10 @@ def export_command(
     dynamic_batching: Annotated[bool, Option("--dynamic-batching/--no-dynamic-batching",
                                              help="Let Triton merge concurrent requests into larger batches.")
                                 ] = True,
-    weights: Annotated[str, Option(help="How weights are stored: fp32, or fp16 (half the file; each weight is cast "
-                                        "back to float32, so compute stays float32 on every runtime; parity 1e-3 of "
-                                        "the largest embedding value). Choices: fp32, fp16.")] = "fp32",
+    weights: Annotated[Literal[WEIGHT_PRECISIONS], Option(help="How weights are stored: fp16 halves the file; each "
+                                                               "weight is cast back to float32, so compute stays "
+                                                               "float32 on every runtime (parity 1e-3 of the largest "
+                                                               "embedding value).")] = "fp32",
     fp16: Annotated[bool, Option(help="Compute in float16 (weights and activations; inputs and outputs stay "
                                       "uint8/float32), for GPUs; parity tolerance 2e-2 of the largest embedding "
                                       "value instead of 1e-4 absolute.")] = False,

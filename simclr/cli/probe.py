@@ -47,7 +47,7 @@ def probe_command(
 ) -> None:
     """Linear evaluation (logistic regression on frozen, standardised features; top-1/top-5) and weighted kNN
     (cosine, k=200, T=0.1; top-1) of an encoder on a labelled train/test split."""
-    from simclr.embed.labelled import evaluation_encoder, labelled_sets
+    from simclr.embed.labelled import check_labelled_source, evaluation_encoder, labelled_sets
     from simclr.evaluate.linear import L2_GRID
     from simclr.evaluate.probe import confusion_matrix, evaluate_features
     from simclr.plots import plot_confusion
@@ -60,6 +60,8 @@ def probe_command(
         for strength in l2 or ():
             if strength < 0:
                 raise ValueError(f"--l2 {strength:g}: must be 0 or more")
+        check_labelled_source(data=data, train=train, test=test, train_features=train_features,
+                              test_features=test_features, limit_train=limit_train, limit_test=limit_test)
         precomputed = train_features is not None or test_features is not None
         model = None if precomputed else evaluation_encoder(encoder, checkpoint, baseline)
         train_set, test_set = labelled_sets(model, data=data, data_root=data_root, train=train, test=test,

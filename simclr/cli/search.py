@@ -45,7 +45,8 @@ def index_command(
 def search_command(
     queries: Annotated[list[Path], typer.Argument(help="Query images, or folders of them.")],
     index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy); its index feats.faiss "
-                                                  "is built (exact) and saved when missing.")] = Path("feats.npy"),
+                                                  "is built (exact) and saved when missing, or rebuilt when stale.")
+                     ] = Path("feats.npy"),
     k: Annotated[int, Option("-k", min=1, max=1000, help="Neighbours per query.")] = 10,
     grid: Annotated[Path | None, Option(help="Also write a PNG contact sheet: each query and its neighbours.")
                     ] = None,

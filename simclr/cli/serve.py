@@ -60,7 +60,8 @@ def serve_command(
         checked = time.monotonic()
         while not stop.wait(0.5):
             if not server.running():
-                raise fail(f"tritonserver exited with status {server.process.returncode}; log {server.log_file}")
+                last = " | ".join(server.log_tail(3).splitlines())  # the default log goes with the work folder
+                raise fail(f"tritonserver exited with status {server.process.returncode}; its log ended: {last}")
             if time.monotonic() - checked > health_every > 0:
                 with user_errors(ServerError):
                     server.check_inference()

@@ -48,7 +48,7 @@ def read_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             batch = _BatchUnpickler(file, encoding="latin1").load()
-    except FileNotFoundError:
+    except OSError:
         raise
     except Exception as error:  # a damaged or hostile pickle can raise almost anything
         raise ValueError(f"{path}: not a CIFAR batch ({type(error).__name__}: {error})") from None
@@ -80,7 +80,10 @@ def load_cifar(name: str, root: Path, train: bool,
             raise ValueError(f"{path}: {len(data)} images but {len(batch_labels)} labels")
         images.append(data)
         labels.append(batch_labels)
-    classes = tuple(str(label) for label in read_batch(folder / layout.meta).get(layout.names_key, ()))
+    names = read_batch(folder / layout.meta).get(layout.names_key, ())
+    if not isinstance(names, list | tuple):
+        raise ValueError(f"{folder / layout.meta}: not CIFAR metadata (its {layout.names_key} is no list)")
+    classes = tuple(str(label) for label in names)
     if official_md5 is not None:
         changed = [path.name for path in files if official_md5.get(path.name) not in (None, _md5(path))]
         if changed:

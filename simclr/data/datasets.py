@@ -72,8 +72,7 @@ def training_images(data: str, data_root: Path | None, size: int, workers: int =
     if in_memory is None:
         in_memory = needed <= available_memory() // 2
     if not in_memory:
-        log.info("%s: %d images decoded on demand each epoch (%.1f GB decoded would not fit in memory)", data,
-                 len(paths), needed / 1e9)
+        log.info("%s: %d images decoded on demand each epoch (%.1f GB decoded)", data, len(paths), needed / 1e9)
         return ImageFiles(paths, size)
     images, _ = decode_images(paths, size, workers, f"decoding {Path(data).name}")
     if not len(images):

@@ -47,8 +47,10 @@ def load_features(path: Path) -> Features:
         vectors = np.load(path, mmap_mode="r")
     except ValueError as error:
         raise ValueError(f"{path}: not a .npy array ({error})") from None
+    if vectors.ndim != 2:
+        raise ValueError(f"{path}: an array of shape {vectors.shape}, not [N, D] features (re-run simclr-embed)")
     header, paths, labels, failures, summary = _read_sidecar(sidecar)
-    if summary is None or vectors.ndim != 2 or summary.get("rows") != len(vectors) or len(paths) != len(vectors):
+    if summary is None or summary.get("rows") != len(vectors) or len(paths) != len(vectors):
         raise ValueError(f"{path} ({len(vectors)} rows) and {sidecar} ({len(paths)} images) do not match; "
                          "re-run simclr-embed")
     if header.cwd != os.getcwd():  # relative paths were recorded from another working directory

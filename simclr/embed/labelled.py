@@ -131,27 +131,36 @@ def labelled_sets(encoder: Encoder | None, *, data: str | None = None, data_root
     """(train, test) features of one labelled source: a torchvision data set (`data`, `data_root`), ImageFolder
     trees (`train`, `test`) embedded with `encoder`, or feature files (`train_features`, `test_features`).
     `limit_*`: a seeded random subset of that many images (taken before embedding where possible)."""
-    sources = [data is not None, train is not None or test is not None,
-               train_features is not None or test_features is not None]
-    if sum(sources) != 1:
-        raise ValueError("give one labelled source: --data NAME --data-root DIR, --train DIR --test DIR, or "
-                         "--train-features F --test-features F")
-    for name, limit in (("--limit-train", limit_train), ("--limit-test", limit_test)):
-        if limit is not None and limit < 1:
-            raise ValueError(f"{name} {limit}: must be at least 1 (leave it out to use every image)")
+    check_labelled_source(data=data, train=train, test=test, train_features=train_features,
+                          test_features=test_features, limit_train=limit_train, limit_test=limit_test)
     if train_features or test_features:
-        if not (train_features and test_features):
-            raise ValueError("--train-features and --test-features go together")
         train_set = features_file(train_features)
         sets = train_set, features_file(test_features, train_set.classes)
     elif data:
         sets = _torchvision_sets(data, data_root, encoder, limit_train, limit_test, seed)
     else:
-        if not (train and test):
-            raise ValueError("--train and --test go together")
         classes = folder_classes(train)
         sets = embed_folder(train, classes, encoder), embed_folder(test, classes, encoder)
     return subset(sets[0], limit_train, seed), subset(sets[1], limit_test, seed)
+
+
+def check_labelled_source(*, data: str | None = None, train: Path | None = None, test: Path | None = None,
+                          train_features: Path | None = None, test_features: Path | None = None,
+                          limit_train: int | None = None, limit_test: int | None = None) -> None:
+    """ValueError naming the options when they do not describe exactly one complete labelled source (checked
+    before any model is opened)."""
+    sources = [data is not None, train is not None or test is not None,
+               train_features is not None or test_features is not None]
+    if sum(sources) != 1:
+        raise ValueError("give one labelled source: --data NAME --data-root DIR, --train DIR --test DIR, or "
+                         "--train-features F --test-features F")
+    if (train is None) != (test is None):
+        raise ValueError("--train and --test go together")
+    if (train_features is None) != (test_features is None):
+        raise ValueError("--train-features and --test-features go together")
+    for name, limit in (("--limit-train", limit_train), ("--limit-test", limit_test)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} {limit}: must be at least 1 (leave it out to use every image)")
 
 
 def subset(features: LabelledFeatures, limit: int | None, seed: int) -> LabelledFeatures:

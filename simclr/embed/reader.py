@@ -38,7 +38,8 @@ def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
             unreadable: list[tuple[Path, str]] = []
             for path in find_images(given, unreadable):
                 entries.append(ImageEntry(str(given / path.relative_to(given)), class_of(path, given)))
-            entries += [ImageEntry(str(folder), None, reason) for folder, reason in unreadable]
+            # an unlistable folder is recorded under its class (it is one, or is inside one), so probes see it too
+            entries += [ImageEntry(str(folder), class_of(folder / "_", given), reason) for folder, reason in unreadable]
         elif given.exists():
             entries.append(ImageEntry(str(given), None))  # the decoder refuses what is not a regular file
         else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+WEIGHT_PRECISIONS = ("fp32", "fp16")  # how an exported model stores its weights
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 MODEL_FILE = "model.onnx"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from simclr.atomic import default_mode
-from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, ModelMetadata, sha256_of
+from simclr.export.layout import INPUT_NAME, OUTPUT_NAME, WEIGHT_PRECISIONS, ModelMetadata, sha256_of
 from simclr.train.checkpoint import load_encoder, resolve_checkpoint
 from simclr.train.config import TrainConfig
 from simclr.train.model import ResNetEncoder, UInt8Encoder
@@ -20,7 +20,6 @@ OPSET = 17
 FP32_TOLERANCE = 1e-4  # max abs difference, ONNX Runtime vs PyTorch
 FP16_TOLERANCE = 2e-2  # max abs difference relative to the largest embedding value, for --fp16
 FP16_WEIGHTS_TOLERANCE = 1e-3  # the same, for --weights fp16 (FP16 storage, FP32 compute)
-WEIGHT_PRECISIONS = ("fp32", "fp16")
 SMALL_TENSOR = 1024  # initializers with fewer elements (norm parameters, biases, mean/std) stay FP32
 
 

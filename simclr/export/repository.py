@@ -23,6 +23,7 @@ from simclr.export.layout import (
     versions,
 )
 from simclr.export.onnx_export import ExportedModel, export_onnx
+from simclr.lifetime import remove_orphaned
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -92,7 +93,7 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     model_dir = Path(repo) / name
     created_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_exports(model_dir)
+    remove_orphaned(model_dir.glob(".export-*-*"))  # scratch folders of exports killed midway
     scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".export-{os.getpid()}-"))
     try:
         scratch.chmod(default_mode(directory=True))
@@ -111,14 +112,6 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     atomic_write_text(config_path, triton_config(name, exported.metadata, options, hashes))
     return RepositoryModel(name=name, version=version, model_path=target / MODEL_FILE, config_path=config_path,
                            export=dataclasses.replace(exported, path=target / MODEL_FILE))
-
-
-def _remove_abandoned_exports(model_dir: Path) -> None:
-    """Scratch folders of exports whose process died (killed mid-export): their pid is in the name."""
-    for scratch in model_dir.glob(".export-*-*"):
-        pid = scratch.name.split("-")[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:

@@ -124,7 +124,9 @@ def save_index(index, features_path: Path) -> Path:
     serialized = faiss.serialize_index(index).tobytes()
     path = index_path(features_path)
     atomic_write_bytes(path, lambda file: file.write(serialized))
+    stat = Path(features_path).stat()
     record = {"features": Path(features_path).name, "features_sha256": sha256_of(features_path),
+              "features_size": stat.st_size, "features_mtime_ns": stat.st_mtime_ns,
               "index_sha256": hashlib.sha256(serialized).hexdigest(), "vectors": index.ntotal, "dim": index.d}
     atomic_write_text(index_record_path(features_path), json.dumps(record, indent=2) + "\n")
     return path
@@ -143,7 +145,9 @@ def load_index(features_path: Path):
         bound = record["features_sha256"], record["index_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise StaleIndexError(f"{path}: no readable record of what it was built from ({record_path})") from None
-    if bound[0] != sha256_of(features_path):
+    stat = Path(features_path).stat()
+    unchanged = (record.get("features_size"), record.get("features_mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+    if not unchanged and bound[0] != sha256_of(features_path):  # hash a large file only when it was touched
         raise StaleIndexError(f"{path} was built from other features than {features_path} holds now")
     serialized = path.read_bytes()
     if hashlib.sha256(serialized).hexdigest() != bound[1]:

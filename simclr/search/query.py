@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simclr.data.decoding import decode_many
 from simclr.embed.encoder import Encoder, same_model
 from simclr.embed.features import Features, load_features
-from simclr.embed.reader import scan_inputs
+from simclr.embed.reader import decoded_batches, scan_inputs
 from simclr.search.index import (
     EXACT_UP_TO,
     StaleIndexError,
@@ -82,7 +81,8 @@ def search_images(queries: Sequence[Path], features: Features, index, encoder: E
     """Embed the query images (files or folders) with `encoder` and return each one's k nearest rows."""
     check_model(features, encoder)
     entries = scan_inputs(queries)
-    images, errors = decode_many([entry.path for entry in entries], encoder.identity.image_size)
+    (batch,) = decoded_batches(entries, encoder.identity.image_size, batch_size=max(1, len(entries)), workers=0)
+    images, errors = batch.images, batch.errors
     results: list[QueryResult] = []
     if len(images):
         scores, rows = search(index, encoder.embed(images), k)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from simclr.errors import first_line
 from simclr.export.layout import CONFIG_FILE, MODEL_FILE, versions
-from simclr.lifetime import die_with_parent
+from simclr.lifetime import die_with_parent, remove_orphaned
 
 log = logging.getLogger("simclr")
 
@@ -43,7 +43,7 @@ class ServerOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     instances: int | None = None  # None: as each config.pbtxt says
-    log_file: Path | None = None  # None: a file in the system temp folder
+    log_file: Path | None = None  # None: triton.log in the server's private work folder, removed when it stops
     ready_timeout: float = 120.0
     onnxruntime_threads: int | None = None  # per instance, embedded server only
 
@@ -126,7 +126,8 @@ def _check_ports_free(options: ServerOptions) -> None:
     """ServerError naming the first port something already listens on (an orphaned server, another service)."""
     for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
                          ("--metrics-port", options.metrics_port)):
-        with socket.socket() as probe:
+        family = socket.getaddrinfo(options.host or None, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no use
             try:
                 probe.bind((options.host, port))
@@ -135,19 +136,13 @@ def _check_ports_free(options: ServerOptions) -> None:
                                   "listens there or choose another port") from None
 
 
-def _remove_orphaned_work_folders() -> None:
-    """Work folders of launchers that died without cleaning up (killed with SIGKILL): their pid is in the name."""
-    for folder in Path(tempfile.gettempdir()).glob("simclr-triton-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and folder.stat().st_uid == os.getuid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def _open_log(path: Path):
-    """The server log, opened for writing without following a link planted at its name (owner-only when new)."""
+    """The server log, opened for writing without following a link planted at its name (a link to a terminal, such
+    as /dev/stderr, is followed); owner-only when new."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    terminal = path.is_symlink() and path.resolve().is_char_device()  # --log-file /dev/stderr
     try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if terminal else os.O_NOFOLLOW), 0o600)
     except OSError as error:
         raise ServerError(f"--log-file {path}: cannot write it ({error.strerror})") from None
     return os.fdopen(handle, "wb")
@@ -220,7 +215,7 @@ class TritonServer:
         """
         options = self.options
         _check_ports_free(options)
-        _remove_orphaned_work_folders()
+        remove_orphaned(Path(tempfile.gettempdir()).glob("simclr-triton-*-*"))  # of launchers killed with SIGKILL
         self.work = Path(tempfile.mkdtemp(prefix=f"simclr-triton-{os.getpid()}-"))
         try:
             self.log_file = options.log_file or self.work / "triton.log"

@@ -226,7 +226,7 @@ class Trainer:
         epoch = self.epoch
         skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
         window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
-        stopped = False
+        stopped, loss, accuracy = False, math.nan, math.nan  # a resume can land on an epoch with no batch left
         with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                           disable=not self.is_main) as bar:
             for images in self._batches(epoch, skip):
@@ -241,7 +241,7 @@ class Trainer:
                                                          self.device)
                 if stopped or self.step >= self.max_steps:
                     break
-                if save_due:
+                if save_due and self.step < (epoch + 1) * self.steps_per_epoch:  # the epoch's end saves anyway
                     self.save(epoch)
                     save_timer.restart()
         if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
@@ -272,7 +272,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         """Count the finished epoch, save it, and log its means (and the kNN monitor when due)."""
-        losses, accuracies = zip(*self.epoch_steps, strict=True)
+        losses, accuracies = zip(*self.epoch_steps, strict=True) if self.epoch_steps else ([math.nan], [math.nan])
         self.epoch_steps = []
         self.epoch += 1
         self.save(self.epoch)
