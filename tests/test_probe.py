@@ -104,7 +104,7 @@ def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     # Measured: 33% linear, 87% top-5, 26% kNN (chance 10%).
-    assert 1.0 >= report["linear_top5"] >= report["linear_top1"] > 0.15 and report["knn_top1"] > 0.15
+    assert report["linear_top5"] >= report["linear_top1"] > 0.15 and report["knn_top1"] > 0.15
     assert report["n_train"] == 1000 and report["n_test"] == 300 and len(report["classes"]) == 10
     assert report["model"]["name"] == "tiny" and report["l2"] in [float(k) for k in report["validation_top1"]]
     assert Image.open(tmp_path / "confusion.png").size[0] > 300
