@@ -10,6 +10,7 @@ import typer
 from simclr.cli.embed import embed_command
 from simclr.cli.export import export_command
 from simclr.cli.probe import probe_command
+from simclr.cli.quantize import quantize_command
 from simclr.cli.search import index_command, search_command
 from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
@@ -24,6 +25,7 @@ app = _typer(help="SimCLR as a tool: train an image encoder without labels, expo
              no_args_is_help=True)
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.command("quantize")(quantize_command)
 app.command("serve")(serve_command)
 app.command("embed")(embed_command)
 app.command("index")(index_command)

@@ -29,10 +29,11 @@ class ModelMetadata:
     stem: str  # cifar, small or imagenet
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    precision: str = "fp32"  # compute: fp32 or fp16
+    precision: str = "fp32"  # compute: fp32, fp16 or int8
     weights: str = "fp32"  # storage: fp32 or fp16 (cast to float32 in the graph)
     recipe: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_sha256: str = ""
+    quantized_from: str = ""  # an INT8 model: the sha256 of the FP32 model.onnx it was quantized from
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ONNX metadata_props and Triton parameters."""
@@ -45,6 +46,8 @@ class ModelMetadata:
                 value = json.dumps(dict(value), sort_keys=True)
             props[item.name] = str(value)
         props["cifar_stem"] = str(self.stem == "cifar").lower()  # what readers of files before `stem` look for
+        if not self.quantized_from:
+            del props["quantized_from"]
         return props
 
     @classmethod
@@ -57,7 +60,8 @@ class ModelMetadata:
                        mean=tuple(json.loads(props["mean"])), std=tuple(json.loads(props["std"])),
                        precision=props.get("precision", "fp32"), weights=props.get("weights", "fp32"),
                        recipe=json.loads(props.get("recipe", "{}")),
-                       checkpoint_sha256=props.get("checkpoint_sha256", ""))
+                       checkpoint_sha256=props.get("checkpoint_sha256", ""),
+                       quantized_from=props.get("quantized_from", ""))
         except KeyError as missing:
             raise ValueError(f"{source}: not a simclr encoder (its metadata has no {missing.args[0]})") from None
         except (TypeError, ValueError) as error:

@@ -126,6 +126,27 @@ def store_weights_fp16(model):
     return converted
 
 
+def weights_as_fp32(model):
+    """A copy of an ONNX model with the FP16-stored weights of `store_weights_fp16` back in float32 and their Cast
+    nodes removed (what quantization tools expect)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)
+    graph = converted.graph
+    halves = {init.name: init for init in graph.initializer if init.data_type == TensorProto.FLOAT16}
+    casts = [node for node in graph.node if node.op_type == "Cast" and node.input[0] in halves]
+    restored = [numpy_helper.from_array(numpy_helper.to_array(halves[cast.input[0]]).astype(np.float32),
+                                        cast.output[0]) for cast in casts]
+    kept_initializers = [init for init in graph.initializer if init.name not in {c.input[0] for c in casts}]
+    kept_nodes = [node for node in graph.node if node not in casts]
+    del graph.initializer[:], graph.node[:]
+    graph.initializer.extend([*kept_initializers, *restored])
+    graph.node.extend(kept_nodes)
+    return converted
+
+
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
     """Embeddings of a uint8 batch through ONNX Runtime on the CPU."""
     import onnxruntime

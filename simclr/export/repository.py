@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,14 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     the new version directory, so a failed export leaves the repository as it was; an existing version is never
     touched. Refuses a checkpoint whose image size or embedding dimension differs from the served versions.
     """
+    return add_version(repo, name, options,
+                       lambda model_file: export_onnx(checkpoint, model_file, fp16=fp16, weights=weights))
+
+
+def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[[Path], ExportedModel]
+                ) -> RepositoryModel:
+    """The next version of model `name` in `repo`: `write(path)` writes and checks its model.onnx in a scratch
+    folder inside the model folder, which only then becomes the version folder; config.pbtxt is (re)written."""
     check_model_name(name)
     if options.max_batch_size < 1 or options.instances < 1:
         raise ValueError("--max-batch-size and --instances must be at least 1")
@@ -97,7 +106,7 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     scratch = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".export-{os.getpid()}-"))
     try:
         scratch.chmod(default_mode(directory=True))
-        exported = export_onnx(checkpoint, scratch / MODEL_FILE, fp16=fp16, weights=weights)
+        exported = write(scratch / MODEL_FILE)
         _check_compatible(model_dir, exported.metadata)
         version = (versions(model_dir) or [0])[-1] + 1
         target = model_dir / str(version)
