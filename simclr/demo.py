@@ -75,19 +75,25 @@ def augmented_view(path: Path, rng: np.random.Generator) -> Image.Image:
 
 def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIdentity, local: np.ndarray,
                         log_file: Path) -> dict[str, float]:
-    """Serve `model_dir` on a real Triton, embed `photos` over HTTP and gRPC; max abs difference to `local`."""
+    """Serve `model_dir` on a real Triton, embed `photos` over HTTP and gRPC, sending decoded images (uint8) and,
+    when the repository has the model's NAME_bytes ensemble, the files as they are (bytes); max abs difference to
+    `local` for each."""
     from simclr.embed.triton_encoder import TritonEncoder
-    from simclr.server.launcher import ServerOptions, TritonServer, free_port
+    from simclr.export.bytes_model import bytes_name
+    from simclr.server.launcher import ServerOptions, TritonServer, free_port, model_names
 
     images = np.stack([load_image(path, identity.image_size) for path in photos])
     repo = model_dir.parent
     options = ServerOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                             log_file=log_file)
+    sends = ("uint8", "bytes") if bytes_name(model_dir.name) in model_names(repo) else ("uint8",)
     differences = {}
     with TritonServer(options) as server:
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-            with TritonEncoder(url, model_dir.name, identity.version, protocol) as remote:
-                differences[protocol] = float(np.abs(remote.embed(images) - local).max())
+            for send in sends:
+                with TritonEncoder(url, model_dir.name, identity.version, protocol, send=send) as remote:
+                    embeddings = remote.embed_files(photos)[0] if send == "bytes" else remote.embed(images)
+                    differences[f"{protocol} {send}"] = float(np.abs(embeddings - local).max())
     return differences
 
 
@@ -137,8 +143,9 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
     if model_file.parent.name.isdigit():
         local = np.load(features_path)
         report.triton_max_abs_diff = compare_with_triton(model_dir, photos, identity, local, out / "triton.log")
-        say("5. the same photos through Triton (embedded server, started and stopped): max abs difference to "
-            "local " + ", ".join(f"{k.upper()} {v:.1e}" for k, v in report.triton_max_abs_diff.items()))
+        say("5. the same photos through Triton (embedded server, started and stopped; images decoded here: uint8, "
+            "files sent as they are: bytes): max abs difference to local "
+            + ", ".join(f"{k} {v:.1e}" for k, v in report.triton_max_abs_diff.items()))
     else:
         say(f"5. Triton skipped: {model_file} is not inside a model repository (<repo>/<name>/<version>/)")
 
@@ -169,7 +176,7 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
         f"  simclr-search {queries / photos[0].stem}.png --index {features_path} -k 4 --grid neighbours.png\n"
         f"  simclr serve --repo {model_dir.parent}\n"
         f"  simclr-embed {out / 'photos'} --server 127.0.0.1:8001 --protocol grpc --model-name {model_dir.name} "
-        f"--out remote.npy\n"
+        f"--send bytes --out remote.npy\n"
         f"  simclr probe --data cifar10 --data-root DIR --model {model_dir}\n"
         f"  simclr quantize {out / 'model_repository' / model_dir.name} --calibration {out}")
     return report

@@ -75,6 +75,60 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _shared_photos() -> list[Path]:
+    """Four CIFAR-10 test images and four Tiny ImageNet photos when ../shared has them, else none."""
+    from simclr.data.images import find_images
+    from simclr.data.shared import write_from_shared
+
+    found = []
+    for script, args, folder in (
+            ("cifar10.py", ("folders", str(CACHE / "folders"), "--split", "test", "--per-class", "50"),
+             CACHE / "folders" / "test"),
+            ("tinyimagenet/tinyimagenet.py", ("folders", str(CACHE / "tinyimagenet" / "photos"), "--shards", "0",
+                                              "--per-class", "1"), CACHE / "tinyimagenet" / "photos")):
+        try:
+            write_from_shared(script, *args)
+        except FileNotFoundError:
+            continue
+        found += find_images(folder)[::97][:4]
+    return found
+
+
+PHOTO_FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("TIFF", "tif"), ("BMP", "bmp"))
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photos in many sizes, modes and formats: scikit-image's sample photos as shipped; each also upscaled to
+    a side of 256-1,100 px in JPEG, PNG, WebP, GIF, TIFF or BMP; and a JPEG with an EXIF rotation, an RGBA PNG, a
+    16-bit greyscale PNG and a CMYK JPEG. With ../shared, CIFAR-10 and Tiny ImageNet photos upscaled the same way."""
+    from simclr.demo import gather_photos
+
+    root = tmp_path_factory.mktemp("photos")
+    photos = gather_photos(root / "sample")
+    sources = [Image.open(path).convert("RGB") for path in photos]
+    sources += [Image.open(path).convert("RGB") for path in _shared_photos()]
+    sizes = np.linspace(256, 1100, len(sources)).round().astype(int)
+    (root / "upscaled").mkdir()
+    for index, (image, side) in enumerate(zip(sources, sizes, strict=True)):
+        scale = side / min(image.size)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        kind, suffix = PHOTO_FORMATS[index % len(PHOTO_FORMATS)]
+        resized.save(root / "upscaled" / f"{index:02d}.{suffix}", format=kind)
+    (root / "modes").mkdir()
+    rotated = sources[0].copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    rotated.save(root / "modes" / "exif_rotated.jpg", exif=exif)
+    transparent = sources[1].convert("RGBA")
+    transparent.putalpha(Image.linear_gradient("L").resize(transparent.size))
+    transparent.save(root / "modes" / "rgba.png")
+    grey16 = np.asarray(sources[2].convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey16).save(root / "modes" / "grey16.png")
+    sources[3].convert("CMYK").save(root / "modes" / "cmyk.jpg")
+    return root
+
+
 def train_cli(*args: str) -> Path:
     """Run `simclr train` in-process; fail the test with its output when it fails."""
     from typer.testing import CliRunner

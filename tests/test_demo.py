@@ -22,7 +22,7 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(learned_repo: Path,
     assert len(found) == len(SAMPLE_PHOTOS)
     assert report.retrieval_top1 == sum(line.endswith("original") for line in found) / len(found)
     assert report.retrieval_top1 >= 0.4
-    assert set(report.triton_max_abs_diff) == {"http", "grpc"}
+    assert set(report.triton_max_abs_diff) == {"http uint8", "http bytes", "grpc uint8", "grpc bytes"}
     assert max(report.triton_max_abs_diff.values()) < 1e-5
     for output in report.outputs.values():
         assert Path(output).exists(), output

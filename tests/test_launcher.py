@@ -14,7 +14,7 @@ from simclr.server.launcher import ServerOptions, _python_backend_repository, fi
 
 
 def test_model_names_are_the_folders_with_a_config_and_a_version(tiny_repo: Path, tmp_path: Path) -> None:
-    assert model_names(tiny_repo) == ["tiny"]
+    assert model_names(tiny_repo) == ["tiny", "tiny_bytes", "tiny_preprocess"]
     (tmp_path / "half" / "1").mkdir(parents=True)  # a version but no config.pbtxt
     with pytest.raises(FileNotFoundError, match="no models"):
         model_names(tmp_path)
@@ -44,3 +44,7 @@ def test_python_backend_repository_mirrors_each_model(tiny_repo: Path, tmp_path:
         served = generated / "tiny" / version
         assert (served / "model.py").is_file()
         assert (served / "model.onnx").resolve() == (tiny_repo / "tiny" / version / "model.onnx").resolve()
+    for name in ("tiny_preprocess", "tiny_bytes"):  # python-backend models and ensembles are served as they are
+        assert (generated / name / "config.pbtxt").read_text() == (tiny_repo / name / "config.pbtxt").read_text()
+        assert sorted(p.name for p in (generated / name / "2").iterdir()) == \
+            sorted(p.name for p in (tiny_repo / name / "2").iterdir())

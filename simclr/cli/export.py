@@ -7,14 +7,16 @@ from typing import Annotated, Literal
 
 import typer
 
-from simclr.cli.common import print_json, setup_logging, user_errors
+from simclr.cli.common import fail, print_json, setup_logging, user_errors
 from simclr.export.layout import WEIGHT_PRECISIONS
 
 Option = typer.Option
 
 
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one; "
+                                                    "or an exported model directory (REPO/NAME) to add its "
+                                                    "NAME_preprocess and NAME_bytes.")],
     repo: Annotated[Path, Option(help="Triton model repository to add the model to.")] = Path("model_repository"),
     name: Annotated[str, Option(help="Model name in the repository (letters, digits, _ - .).")] = "simclr_resnet18",
     max_batch_size: Annotated[int, Option(min=1, help="Largest batch Triton accepts (config.pbtxt max_batch_size).")
@@ -32,13 +34,26 @@ def export_command(
     fp16: Annotated[bool, Option(help="Compute in float16 (weights and activations; inputs and outputs stay "
                                       "uint8/float32), for GPUs; parity tolerance 2e-2 of the largest embedding "
                                       "value instead of 1e-4 absolute.")] = False,
+    bytes_model: Annotated[bool, Option("--bytes-model/--no-bytes-model",
+                                        help="Also write NAME_preprocess (decodes image files on the server, as "
+                                             "simclr-embed does) and the ensemble NAME_bytes (image file in, "
+                                             "embedding out) for this version.")] = True,
+    max_image_bytes: Annotated[int, Option(min=1, help="NAME_preprocess refuses a file larger than this, before "
+                                                       "decoding it (bytes).")] = 20_000_000,
+    preprocess_instances: Annotated[int | None, Option(min=1, help="NAME_preprocess instances: each decodes one "
+                                                                   "batch at a time. [default: this machine's CPU "
+                                                                   "cores]")] = None,
     json_output: Annotated[bool, Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
-    """Export encoder f (without the projection head) to ONNX as the next version of NAME in the repository.
+    """Export encoder f (without the projection head) to ONNX as the next version of NAME in the repository, and
+    the models that let clients send image files (NAME_preprocess, NAME_bytes).
 
     Checks ONNX Runtime against PyTorch on the same uint8 batch before anything is written; an existing version is
-    never overwritten.
+    never overwritten. Given an exported model directory (REPO/NAME) instead of a checkpoint, writes only its
+    NAME_preprocess and NAME_bytes, for its newest version.
     """
+    from simclr.export.bytes_model import BytesModelOptions, write_bytes_models
+    from simclr.export.layout import CONFIG_FILE
     from simclr.export.onnx_export import ExportError
     from simclr.export.repository import ServingOptions, export_to_repository
     from simclr.train.checkpoint import CheckpointError
@@ -46,13 +61,30 @@ def export_command(
     setup_logging()
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
                              max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)
+    preprocess = BytesModelOptions(max_image_bytes=max_image_bytes, instances=preprocess_instances)
+    if (checkpoint / CONFIG_FILE).is_file():
+        if not bytes_model:
+            raise fail(f"{checkpoint} is an exported model: with --no-bytes-model there is nothing to write")
+        with user_errors():
+            written = write_bytes_models(checkpoint.parent, checkpoint.name, preprocess)
+        _report({"preprocess": str(written.preprocess), "bytes": str(written.ensemble), "version": written.version},
+                f"wrote {written.preprocess.name} and {written.ensemble.name} for {checkpoint.name} version "
+                f"{written.version}", json_output)
+        return
     with user_errors(CheckpointError, ExportError):
-        model = export_to_repository(checkpoint, repo, name, options, fp16=fp16, weights=weights)
+        model = export_to_repository(checkpoint, repo, name, options, fp16=fp16, weights=weights,
+                                     bytes_model=preprocess if bytes_model else None)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),
                "config": str(model.config_path), "max_abs_diff": model.export.max_abs_diff,
-               "tolerance": model.export.tolerance, "metadata": model.export.metadata.to_props()}
+               "tolerance": model.export.tolerance, "metadata": model.export.metadata.to_props(),
+               "bytes_model": f"{model.name}_bytes" if bytes_model else None}
+    _report(summary, f"exported {model.name} version {model.version} -> {model.model_path} (parity: max abs diff "
+                     f"{model.export.max_abs_diff:.2g} <= {model.export.tolerance:.2g})"
+                     + (f"; image files in: {model.name}_bytes" if bytes_model else ""), json_output)
+
+
+def _report(summary: dict, line: str, json_output: bool) -> None:
     if json_output:
         print_json(summary)
     else:
-        typer.echo(f"exported {model.name} version {model.version} -> {model.model_path} (parity: max abs diff "
-                   f"{model.export.max_abs_diff:.2g} <= {model.export.tolerance:.2g})")
+        typer.echo(line)

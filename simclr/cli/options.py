@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from typer import Option
 
-from simclr.embed.encoder import DEVICES, PROTOCOLS, EncoderSpec
+from simclr.embed.encoder import DEVICES, PROTOCOLS, SENDS, EncoderSpec
 
 _PARAMETERS = {
     "model": Annotated[str | None, Option("--model", help="Exported model: a model directory (newest version), a "
@@ -21,6 +21,10 @@ _PARAMETERS = {
     "protocol": Annotated[Literal[PROTOCOLS], Option(help="Triton protocol.")],
     "model_name": Annotated[str | None, Option(help="The model's name on the Triton server.")],
     "model_version": Annotated[str, Option(help="Model version on the server. [default: the newest]")],
+    "send": Annotated[Literal[SENDS], Option(help="What goes to the Triton server: uint8 (images decoded and "
+                                                  "resized here) or bytes (the files as they are, decoded by the "
+                                                  "server exactly as here: needs the model's NAME_bytes ensemble, "
+                                                  "which simclr export writes).")],
     "device": Annotated[Literal[DEVICES], Option(help="ONNX Runtime device (auto: CUDA when onnxruntime-gpu has "
                                                       "it).")],
     "threads": Annotated[int | None, Option(min=1, help="ONNX Runtime threads. [default: all cores]")],

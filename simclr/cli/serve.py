@@ -22,7 +22,8 @@ def serve_command(
     http_port: Annotated[int, Option(min=1, max=65535, help="HTTP/REST port.")] = 8000,
     grpc_port: Annotated[int, Option(min=1, max=65535, help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
-    instances: Annotated[int | None, Option(min=1, help="Instances per model. [default: as each config.pbtxt says]")
+    instances: Annotated[int | None, Option(min=1, help="Instances of each ONNX model on the embedded server "
+                                                    "(nvidia-pytriton). [default: as each config.pbtxt says]")
                          ] = None,
     log_file: Annotated[Path | None, Option(help="Server log, kept after the server stops. [default: a file in the "
                                                  "server's private work folder, removed when it stops]")] = None,

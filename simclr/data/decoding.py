@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.data.images import DECODE_ERRORS, load_image
+from simclr.data.decode import DECODE_ERRORS
+from simclr.data.images import load_image
 from simclr.lifetime import die_with_parent
 
 

@@ -40,6 +40,11 @@ class Encoder(Protocol):
         ...
 
 
+def takes_files(encoder: Encoder) -> bool:
+    """Whether `encoder` embeds image files as they are (Triton's bytes path: `embed_files(paths)`)."""
+    return getattr(encoder, "send", "uint8") == "bytes"
+
+
 def same_model(recorded: ModelIdentity, identity: ModelIdentity) -> bool:
     """Whether `identity` is the model a features file records (by ONNX sha256 where both know it)."""
     if recorded.sha256 and identity.sha256:
@@ -60,6 +65,7 @@ def check_batch(images: np.ndarray, identity: ModelIdentity) -> np.ndarray:
 
 
 PROTOCOLS = ("http", "grpc")
+SENDS = ("uint8", "bytes")  # what a Triton client sends: decoded images, or the files as they are
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -73,6 +79,7 @@ class EncoderSpec:
     protocol: str = "http"
     model_name: str | None = None
     model_version: str = ""
+    send: str = "uint8"  # Triton: uint8 (decoded here) or bytes (files decoded by the server's NAME_preprocess)
     device: str = "auto"  # ONNX Runtime: auto (CUDA when onnxruntime-gpu has it), cpu or cuda
     threads: int | None = None  # ONNX Runtime threads (None: all cores)
 
@@ -83,7 +90,10 @@ class EncoderSpec:
             if not self.model_name:
                 raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
             url = self.server.removeprefix("http://").removeprefix("grpc://")
-            return TritonEncoder(url, self.model_name, self.model_version, self.protocol)
+            return TritonEncoder(url, self.model_name, self.model_version, self.protocol, send=self.send)
+        if self.send != "uint8":
+            raise EncoderError(f"--send {self.send} needs --server: without one, ONNX Runtime runs here and the "
+                               "files are decoded here")
         from simclr.embed.onnx_encoder import OnnxEncoder
 
         return OnnxEncoder(Path(self.model) if self.model else None, device=self.device, threads=self.threads)

@@ -1,4 +1,5 @@
-"""Reading the images to embed: scan the inputs, decode in worker processes, yield uint8 batches in order."""
+"""Reading the images to embed: scan the inputs, decode in worker processes (or hand the files to an encoder that
+takes them), yield batches in order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from simclr.data.decoding import decode_chunks
 from simclr.data.images import class_of, find_images
+from simclr.embed.encoder import Encoder, takes_files
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,27 @@ def decoded_batches(entries: list[ImageEntry], size: int, batch_size: int, worke
     for chunk, (images, errors) in zip(chunks, decode_chunks(paths, size, workers, prefetch), strict=True):
         decoded = iter(errors)
         yield DecodedBatch(chunk, images, [entry.error or next(decoded) for entry in chunk])
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    entries: list[ImageEntry]  # in input order, embedded or not
+    embeddings: np.ndarray  # float32 [n_ok, D], the embedded entries in order
+    errors: list[str | None]  # per entry: why it failed, or None (embedded)
+
+
+def embedded_batches(entries: list[ImageEntry], encoder: Encoder, batch_size: int, workers: int | None = None
+                     ) -> Iterator[EmbeddedBatch]:
+    """Embeddings of `entries`, `batch_size` at a time, in order. Files go to the encoder as they are when it takes
+    them (Triton's bytes path); otherwise they are decoded here, in `workers` processes ahead of the encoder."""
+    if takes_files(encoder):
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start:start + batch_size]
+            embeddings, errors = encoder.embed_files([entry.path for entry in chunk if entry.error is None])
+            outcome = iter(errors)
+            yield EmbeddedBatch(chunk, embeddings, [entry.error or next(outcome) for entry in chunk])
+        return
+    for batch in decoded_batches(entries, encoder.identity.image_size, batch_size, workers):
+        embeddings = encoder.embed(batch.images) if len(batch.images) else \
+            np.zeros((0, encoder.identity.embedding_dim), np.float32)
+        yield EmbeddedBatch(batch.entries, embeddings, batch.errors)

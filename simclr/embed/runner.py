@@ -8,11 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from simclr.embed.encoder import Encoder
 from simclr.embed.features import unit_rows
-from simclr.embed.reader import decoded_batches, scan_inputs
+from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.embed.sidecar import FeaturesHeader, listing_sha256
 from simclr.embed.writer import FeatureWriter
 from simclr.progress import progress_bar
@@ -34,7 +32,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
                  progress: bool = True) -> EmbedResult:
     """Embed every image named or found below `inputs` into `out` (feats.npy) and its sidecar (feats.jsonl).
 
-    Decoding runs in `workers` processes, ahead of the encoder; rows stream to disk, so memory stays bounded.
+    Decoding runs in `workers` processes, ahead of the encoder (or on the server, for an encoder that takes the
+    files); rows stream to disk, so memory stays bounded.
     With `normalize` each row is L2-normalised. `resume` continues an interrupted run of the same command.
     """
     if batch_size < 1:
@@ -49,9 +48,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
         remaining = entries[writer.done:]
         with progress_bar(total=len(entries), initial=writer.done, unit="img", desc="embedding",
                           disable=not progress) as bar:
-            for batch in decoded_batches(remaining, encoder.identity.image_size, batch_size, workers):
-                embeddings = encoder.embed(batch.images) if len(batch.images) else \
-                    np.zeros((0, encoder.identity.embedding_dim), np.float32)
+            for batch in embedded_batches(remaining, encoder, batch_size, workers):
+                embeddings = batch.embeddings
                 if normalize and len(embeddings):
                     embeddings = unit_rows(embeddings)
                 writer.write([e.path for e in batch.entries], [e.label for e in batch.entries], embeddings,

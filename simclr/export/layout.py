@@ -87,3 +87,17 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_config(model_dir: Path):
+    """The ModelConfig protobuf of a model folder's config.pbtxt; ValueError naming the file when unreadable."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror})") from None
+    except text_format.ParseError as error:
+        raise ValueError(f"{path}: not a Triton model configuration ({error})") from None

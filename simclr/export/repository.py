@@ -13,6 +13,7 @@ from pathlib import Path
 
 from simclr.atomic import atomic_write_text, default_mode
 from simclr.errors import first_line
+from simclr.export.bytes_model import BYTES_MODEL_DEFAULTS, BytesModelOptions, write_bytes_models
 from simclr.export.layout import (
     CONFIG_FILE,
     INPUT_NAME,
@@ -81,15 +82,20 @@ def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, h
 
 
 def export_to_repository(checkpoint: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),
-                         fp16: bool = False, weights: str = "fp32") -> RepositoryModel:
-    """Export `checkpoint` as the next version of model `name` in `repo` and (re)write its config.pbtxt.
+                         fp16: bool = False, weights: str = "fp32",
+                         bytes_model: BytesModelOptions | None = BYTES_MODEL_DEFAULTS) -> RepositoryModel:
+    """Export `checkpoint` as the next version of model `name` in `repo` and (re)write its config.pbtxt; with
+    `bytes_model`, then write NAME_preprocess and NAME_bytes for that version (None: leave them as they are).
 
     The ONNX file is built and checked in a scratch directory inside the model folder and only then renamed to
     the new version directory, so a failed export leaves the repository as it was; an existing version is never
     touched. Refuses a checkpoint whose image size or embedding dimension differs from the served versions.
     """
-    return add_version(repo, name, options,
-                       lambda model_file: export_onnx(checkpoint, model_file, fp16=fp16, weights=weights))
+    model = add_version(repo, name, options,
+                        lambda model_file: export_onnx(checkpoint, model_file, fp16=fp16, weights=weights))
+    if bytes_model is not None:
+        write_bytes_models(repo, name, bytes_model)
+    return model
 
 
 def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[[Path], ExportedModel]

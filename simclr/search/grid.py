@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from simclr.atomic import atomic_write_bytes
-from simclr.data.images import DECODE_ERRORS, to_rgb
+from simclr.data.decode import DECODE_ERRORS, to_rgb
 from simclr.search.query import QueryResult
 
 CAPTION = 16

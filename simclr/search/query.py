@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simclr.embed.encoder import Encoder, same_model
 from simclr.embed.features import Features, load_features
-from simclr.embed.reader import decoded_batches, scan_inputs
+from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import (
     EXACT_UP_TO,
     StaleIndexError,
@@ -81,12 +81,12 @@ def search_images(queries: Sequence[Path], features: Features, index, encoder: E
     """Embed the query images (files or folders) with `encoder` and return each one's k nearest rows."""
     check_model(features, encoder)
     entries = scan_inputs(queries)
-    (batch,) = decoded_batches(entries, encoder.identity.image_size, batch_size=max(1, len(entries)), workers=0)
-    images, errors = batch.images, batch.errors
+    (batch,) = embedded_batches(entries, encoder, batch_size=max(1, len(entries)), workers=0)
+    embeddings, errors = batch.embeddings, batch.errors
     results: list[QueryResult] = []
-    if len(images):
-        scores, rows = search(index, encoder.embed(images), k)
-    decoded = iter(range(len(images)))
+    if len(embeddings):
+        scores, rows = search(index, embeddings, k)
+    decoded = iter(range(len(embeddings)))
     for entry, error in zip(entries, errors, strict=True):
         if error:
             results.append(QueryResult(entry.path, [], error))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.errors import first_line
-from simclr.export.layout import CONFIG_FILE, MODEL_FILE, versions
+from simclr.export.layout import CONFIG_FILE, MODEL_FILE, read_config, versions
 from simclr.lifetime import die_with_parent, remove_orphaned
 
 log = logging.getLogger("simclr")
@@ -91,7 +91,9 @@ def model_names(repo: Path) -> list[str]:
 
 
 def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -> Path:
-    """A repository of python-backend models mirroring the ONNX models of `repo` (links, not copies)."""
+    """A repository the python-backend-only server can serve: each ONNX model of `repo` becomes a python-backend
+    model running ONNX Runtime (a link to its model.onnx, not a copy); python-backend models and ensembles are
+    copied as they are."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -99,9 +101,12 @@ def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -
     for name in model_names(repo):
         source = repo / name
         try:
-            config = text_format.Parse((source / CONFIG_FILE).read_text(), model_config_pb2.ModelConfig())
-        except text_format.ParseError as error:
-            raise ServerError(f"{source / CONFIG_FILE}: not a Triton model configuration ({error})") from None
+            config = read_config(source)
+        except ValueError as error:
+            raise ServerError(str(error)) from None
+        if config.platform == "ensemble" or config.backend == "python":
+            shutil.copytree(source, generated / name, ignore=shutil.ignore_patterns("__pycache__"))
+            continue
         config.name = name
         config.backend = "python"
         config.ClearField("platform")
@@ -120,6 +125,17 @@ def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -
             shutil.copy(PYTHON_MODEL, folder / "model.py")
             (folder / MODEL_FILE).symlink_to((source / str(version) / MODEL_FILE).resolve())
     return generated
+
+
+def _sample_png() -> bytes:
+    """A small grey PNG: the health check's input for models that take encoded image files."""
+    import io
+
+    from PIL import Image
+
+    encoded = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(encoded, format="PNG")
+    return encoded.getvalue()
 
 
 def _check_ports_free(options: ServerOptions) -> None:
@@ -281,7 +297,10 @@ class TritonServer:
                 spec = client.get_model_metadata(name)["inputs"][0]
                 shape = [1, *spec["shape"][1:]]
                 request = tritonclient.http.InferInput(spec["name"], shape, spec["datatype"])
-                request.set_data_from_numpy(np.zeros(shape, triton_to_np_dtype(spec["datatype"])))
+                if spec["datatype"] == "BYTES":  # an encoded image file
+                    request.set_data_from_numpy(np.full(shape, _sample_png(), dtype=object))
+                else:
+                    request.set_data_from_numpy(np.zeros(shape, triton_to_np_dtype(spec["datatype"])))
                 client.infer(name, [request])
             except Exception as error:  # connection or server errors alike mean the model does not serve
                 raise ServerError(f"model {name} is loaded but inference fails ({first_line(error)}); log "
