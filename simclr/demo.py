@@ -60,6 +60,26 @@ def gather_photos(folder: Path) -> list[Path]:
     return copied
 
 
+PHOTO_FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("TIFF", "tif"), ("BMP", "bmp"))
+
+
+def upscaled_copies(photos: list[Path], folder: Path, smallest: int = 256, largest: int = 1100) -> list[Path]:
+    """Each photo resized so that its shorter side runs from `smallest` to `largest` px across the list, saved in
+    JPEG, PNG, WebP, GIF, TIFF and BMP in turn: camera-sized files in every format simclr reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sides = np.linspace(smallest, largest, len(photos)).round().astype(int)
+    written = []
+    for index, (path, side) in enumerate(zip(photos, sides, strict=True)):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        scale = side / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        kind, suffix = PHOTO_FORMATS[index % len(PHOTO_FORMATS)]
+        written.append(folder / f"{index:03d}.{suffix}")
+        image.save(written[-1], format=kind)
+    return written
+
+
 def augmented_view(path: Path, rng: np.random.Generator) -> Image.Image:
     """A view a user might search with: a crop keeping 70-90% of each side, mirrored, a little brighter or darker."""
     with Image.open(path) as opened:

@@ -94,27 +94,17 @@ def _shared_photos() -> list[Path]:
     return found
 
 
-PHOTO_FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("TIFF", "tif"), ("BMP", "bmp"))
-
-
 @pytest.fixture(scope="session")
 def real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real photos in many sizes, modes and formats: scikit-image's sample photos as shipped; each also upscaled to
     a side of 256-1,100 px in JPEG, PNG, WebP, GIF, TIFF or BMP; and a JPEG with an EXIF rotation, an RGBA PNG, a
     16-bit greyscale PNG and a CMYK JPEG. With ../shared, CIFAR-10 and Tiny ImageNet photos upscaled the same way."""
-    from simclr.demo import gather_photos
+    from simclr.demo import gather_photos, upscaled_copies
 
     root = tmp_path_factory.mktemp("photos")
     photos = gather_photos(root / "sample")
-    sources = [Image.open(path).convert("RGB") for path in photos]
-    sources += [Image.open(path).convert("RGB") for path in _shared_photos()]
-    sizes = np.linspace(256, 1100, len(sources)).round().astype(int)
-    (root / "upscaled").mkdir()
-    for index, (image, side) in enumerate(zip(sources, sizes, strict=True)):
-        scale = side / min(image.size)
-        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-        kind, suffix = PHOTO_FORMATS[index % len(PHOTO_FORMATS)]
-        resized.save(root / "upscaled" / f"{index:02d}.{suffix}", format=kind)
+    upscaled_copies(photos + _shared_photos(), root / "upscaled")
+    sources = [Image.open(path).convert("RGB") for path in photos[:4]]
     (root / "modes").mkdir()
     rotated = sources[0].copy()
     exif = rotated.getexif()

@@ -28,7 +28,9 @@ def _unreachable(error: Exception) -> bool:
     return callable(status) and "UNAVAILABLE" in str(status())
 
 
-MAX_REQUEST_BYTES = 32 << 20  # encoded files per request, at most (Triton's HTTP limit on a request is 64 MiB)
+# Encoded files per request, at most: the Python gRPC client's CPU per byte triples for messages over 32 MiB
+# (measured in bench/serve_throughput.py), and Triton's HTTP limit on a request is 64 MiB.
+MAX_REQUEST_BYTES = 8 << 20
 
 
 class FileRefused(ValueError):

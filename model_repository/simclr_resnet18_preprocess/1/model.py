@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -19,7 +20,7 @@ from simclr_decode import DECODE_ERRORS, decode_image  # noqa: E402  (the copy b
 
 
 class ItemError(ValueError):
-    """One file of a request that cannot become an image; the whole request fails with its message."""
+    """Why one file of a request cannot become an image; the whole request fails with its message."""
 
 
 class TritonPythonModel:
@@ -28,31 +29,44 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.image_size = int(parameters["image_size"])
         self.max_image_bytes = int(parameters["max_image_bytes"])
+        # Pillow lets go of the GIL while it decodes and resizes: threads spread one batch over every core.
+        self.pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
 
     def execute(self, requests):
         # Each request of a dynamic batch is answered on its own: one bad file fails its request only.
-        return [self.respond(request) for request in requests]
+        files = [pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
+                 for request in requests]
+        decoded = iter(self.pool.map(self.decode, [(index, item) for items in files for index, item in
+                                                   enumerate(items)]))
+        responses = []
+        for items in files:
+            images = [next(decoded) for _ in items]
+            refused = next((image for image in images if isinstance(image, ItemError)), None)
+            if refused is not None:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                    str(refused))))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image",
+                                                                                            np.stack(images))]))
+        return responses
 
-    def respond(self, request):
-        items = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
-        try:
-            images = np.stack([self.decode(index, item) for index, item in enumerate(items)])
-        except ItemError as error:
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", images)])
-
-    def decode(self, index, item):
+    def decode(self, numbered_item):
+        """uint8 [S, S, 3] for one file of a request, or the ItemError that says why it cannot be."""
+        index, item = numbered_item
         if not isinstance(item, bytes):
-            raise ItemError(f"image_bytes[{index}]: expected the bytes of an image file, got {type(item).__name__}")
+            return ItemError(f"image_bytes[{index}]: expected the bytes of an image file, got {type(item).__name__}")
         if len(item) > self.max_image_bytes:  # refused before any decoding
-            raise ItemError(f"image_bytes[{index}]: {len(item):,} bytes, over this model's limit of "
-                            f"{self.max_image_bytes:,} (max_image_bytes)")
+            return ItemError(f"image_bytes[{index}]: {len(item):,} bytes, over this model's limit of "
+                             f"{self.max_image_bytes:,} (max_image_bytes)")
         try:
             return decode_image(io.BytesIO(item), self.image_size)
         except UnidentifiedImageError:
-            raise ItemError(f"image_bytes[{index}]: {len(item):,} bytes that are not an image file in a format "
-                            "Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP, ...)") from None
+            return ItemError(f"image_bytes[{index}]: {len(item):,} bytes that are not an image file in a format "
+                             "Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP, ...)")
         except DECODE_ERRORS as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-            raise ItemError(f"image_bytes[{index}]: cannot decode {len(item):,} bytes ({type(error).__name__}: "
-                            f"{reason})") from None
+            return ItemError(f"image_bytes[{index}]: cannot decode {len(item):,} bytes ({type(error).__name__}: "
+                             f"{reason})")
+
+    def finalize(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
