@@ -38,7 +38,8 @@ from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.triton_encoder import MAX_REQUEST_BYTES
 from simclr.export.quantize import quantize_to_repository
 from simclr.export.repository import ServingOptions, export_to_repository
-from simclr.server.launcher import ServerOptions, TritonServer, free_port
+from simclr.ports import free_port
+from simclr.server.launcher import ServerOptions, TritonServer
 
 Request = Callable[[object, int], int]  # (this thread's client, request number) -> images it sent
 

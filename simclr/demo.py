@@ -100,7 +100,8 @@ def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIden
     `local` for each."""
     from simclr.embed.triton_encoder import TritonEncoder
     from simclr.export.bytes_model import bytes_name
-    from simclr.server.launcher import ServerOptions, TritonServer, free_port, model_names
+    from simclr.ports import free_port
+    from simclr.server.launcher import ServerOptions, TritonServer, model_names
 
     images = np.stack([load_image(path, identity.image_size) for path in photos])
     repo = model_dir.parent
@@ -139,7 +140,7 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
 
     features = load_features(features_path)
     index, built = build_index(features.vectors, "auto")
-    save_index(index, features_path)
+    save_index(index, features_path, built)
     say(f"3. {built.kind} index of {built.vectors} vectors -> {index_path(features_path)}")
 
     queries = out / "queries"

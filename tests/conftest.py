@@ -119,6 +119,17 @@ def real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def photo_collection(tiny_repo: Path, real_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`real_photos` embedded with the tiny model: feats.npy + feats.jsonl (no index yet), for the search service."""
+    from simclr.embed.onnx_encoder import OnnxEncoder
+    from simclr.embed.runner import embed_images
+
+    out = tmp_path_factory.mktemp("collection") / "feats.npy"
+    embed_images([real_photos], out, OnnxEncoder(tiny_repo / "tiny"), workers=0, progress=False)
+    return out
+
+
 def train_cli(*args: str) -> Path:
     """Run `simclr train` in-process; fail the test with its output when it fails."""
     from typer.testing import CliRunner
@@ -196,7 +207,8 @@ def learned_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def triton(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real Triton Inference Server on free ports, serving `tiny_repo`, for the whole session."""
-    from simclr.server.launcher import ServerOptions, TritonServer, free_port
+    from simclr.ports import free_port
+    from simclr.server.launcher import ServerOptions, TritonServer
 
     options = ServerOptions(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                             log_file=tmp_path_factory.mktemp("triton") / "triton.log", onnxruntime_threads=1)

@@ -3,14 +3,13 @@ python-backend repository it generates for the embedded server."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from simclr.server.launcher import ServerOptions, _python_backend_repository, find_triton, free_port, model_names
+from simclr.server.launcher import ServerOptions, _python_backend_repository, find_triton, model_names
 
 
 def test_model_names_are_the_folders_with_a_config_and_a_version(tiny_repo: Path, tmp_path: Path) -> None:
@@ -20,12 +19,6 @@ def test_model_names_are_the_folders_with_a_config_and_a_version(tiny_repo: Path
         model_names(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         model_names(tmp_path / "missing")
-
-
-def test_free_port_can_be_bound() -> None:
-    port = free_port()
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", port))
 
 
 def test_the_embedded_server_is_found() -> None:

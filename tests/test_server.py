@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from simclr.embed.encoder import EncoderError
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.triton_encoder import TritonEncoder
-from simclr.server.launcher import free_port
+from simclr.ports import free_port
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:

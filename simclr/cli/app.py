@@ -12,6 +12,7 @@ from simclr.cli.export import export_command
 from simclr.cli.probe import probe_command
 from simclr.cli.quantize import quantize_command
 from simclr.cli.search import index_command, search_command
+from simclr.cli.search_server import search_server_command
 from simclr.cli.serve import serve_command
 from simclr.cli.train import train_command
 
@@ -30,6 +31,7 @@ app.command("serve")(serve_command)
 app.command("embed")(embed_command)
 app.command("index")(index_command)
 app.command("search")(search_command)
+app.command("search-server")(search_server_command)
 app.command("probe")(probe_command)
 
 

@@ -31,7 +31,7 @@ def index_command(
     with user_errors():
         loaded = load_features(features)
         index, report = build_index(loaded.vectors, kind, nlist, target_recall=target_recall)
-        save_index(index, features)
+        save_index(index, features, report)
     if json_output:
         print_json({"index": str(index_path(features)), **dataclasses.asdict(report)})
         return
@@ -60,15 +60,12 @@ def search_command(
     --server names another, which must be the same model).
     """
     from simclr.search.grid import neighbour_grid
-    from simclr.search.query import ModelMismatchError, open_index, search_images
+    from simclr.search.query import ModelMismatchError, open_index, query_encoder, search_images
 
     setup_logging()
     with user_errors(EncoderError, ModelMismatchError, NoImagesError):
         features, faiss_index = open_index(index)
-        recorded = features.header.model_source
-        if not (encoder.model or encoder.server) and recorded and Path(recorded).is_file():
-            encoder = dataclasses.replace(encoder, model=recorded)
-        model = encoder.open()
+        model = query_encoder(features, encoder)
         results = search_images(queries, features, faiss_index, model, k)
         if grid:
             neighbour_grid(results, grid)

@@ -116,9 +116,11 @@ def index_record_path(features_path: Path) -> Path:
     return Path(f"{index_path(features_path)}.json")
 
 
-def save_index(index, features_path: Path) -> Path:
+def save_index(index, features_path: Path, report: IndexReport | None = None) -> Path:
     """Write the index of `features_path` beside it (feats.faiss), atomically, with a record that binds it to the
-    features' sha256 and its own. Returns the index path."""
+    features' sha256 and its own, and keeps its build `report` (kind, recall). Returns the index path."""
+    import dataclasses
+
     import faiss
 
     serialized = faiss.serialize_index(index).tobytes()
@@ -127,9 +129,18 @@ def save_index(index, features_path: Path) -> Path:
     stat = Path(features_path).stat()
     record = {"features": Path(features_path).name, "features_sha256": sha256_of(features_path),
               "features_size": stat.st_size, "features_mtime_ns": stat.st_mtime_ns,
-              "index_sha256": hashlib.sha256(serialized).hexdigest(), "vectors": index.ntotal, "dim": index.d}
+              "index_sha256": hashlib.sha256(serialized).hexdigest(), "vectors": index.ntotal, "dim": index.d,
+              "report": dataclasses.asdict(report) if report else None}
     atomic_write_text(index_record_path(features_path), json.dumps(record, indent=2) + "\n")
     return path
+
+
+def index_report(features_path: Path) -> dict | None:
+    """The build report recorded beside the index of `features_path` (kind, nlist, nprobe, recall_at_10), if any."""
+    try:
+        return json.loads(index_record_path(features_path).read_text()).get("report")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_index(features_path: Path):

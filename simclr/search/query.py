@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simclr.embed.encoder import Encoder, same_model
+from simclr.embed.encoder import Encoder, EncoderSpec, same_model
 from simclr.embed.features import Features, load_features
 from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import (
@@ -42,10 +43,10 @@ class QueryResult:
     error: str | None = None  # the query image could not be decoded
 
 
-def open_index(features_path: Path) -> tuple[Features, object]:
-    """The features and their FAISS index. When there is none yet, or it is stale or damaged, an exact index is
-    built and saved for up to EXACT_UP_TO rows (with a warning when one was replaced); a larger collection's stale
-    index is refused with the command that rebuilds it."""
+def open_index(features_path: Path, kind: str = "flat") -> tuple[Features, object]:
+    """The features and their FAISS index. When there is none yet, one of `kind` is built and saved (`simclr index`
+    builds "auto"); when it is stale or damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO
+    rows, and a larger collection's is refused with the command that rebuilds it."""
     features = load_features(features_path)
     try:
         index = load_index(features_path)
@@ -59,10 +60,22 @@ def open_index(features_path: Path) -> tuple[Features, object]:
         if len(features.vectors) > EXACT_UP_TO:
             raise StaleIndexError(f"{stale}: rebuild it with `simclr index {features_path}`") from None
         log.warning("%s; rebuilding it (exact)", stale)
-    index, report = build_index(features.vectors, kind="flat")
-    path = save_index(index, features_path)
-    log.info("built an exact index of %d vectors: %s", report.vectors, path)
+        kind = "flat"
+    index, report = build_index(features.vectors, kind=kind)
+    path = save_index(index, features_path, report)
+    log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, path)
     return features, index
+
+
+def query_encoder(features: Features, spec: EncoderSpec) -> Encoder:
+    """The encoder for queries against `features`: `spec`'s, or else the model the features record (when that file
+    is still there); ModelMismatchError unless it is the model that embedded them."""
+    recorded = features.header.model_source
+    if not (spec.model or spec.server) and recorded and Path(recorded).is_file():
+        spec = dataclasses.replace(spec, model=recorded)
+    encoder = spec.open()
+    check_model(features, encoder)
+    return encoder
 
 
 def check_model(features: Features, encoder: Encoder) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,7 @@ from pathlib import Path
 from simclr.errors import first_line
 from simclr.export.layout import CONFIG_FILE, MODEL_FILE, read_config, versions
 from simclr.lifetime import die_with_parent, remove_orphaned
+from simclr.ports import PortInUseError, check_port_free
 
 log = logging.getLogger("simclr")
 
@@ -70,13 +70,6 @@ def find_triton() -> TritonBinary:
     if not binary.is_file():
         raise ServerError(f"{binary}: missing from the nvidia-pytriton install")
     return TritonBinary(binary, embedded=True)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on now (the system picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def model_names(repo: Path) -> list[str]:
@@ -142,14 +135,10 @@ def _check_ports_free(options: ServerOptions) -> None:
     """ServerError naming the first port something already listens on (an orphaned server, another service)."""
     for option, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port),
                          ("--metrics-port", options.metrics_port)):
-        family = socket.getaddrinfo(options.host or None, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no use
-            try:
-                probe.bind((options.host, port))
-            except OSError as error:
-                raise ServerError(f"{option} {port} on {options.host} is in use ({error.strerror}): stop what "
-                                  "listens there or choose another port") from None
+        try:
+            check_port_free(options.host, port, option)
+        except PortInUseError as error:
+            raise ServerError(str(error)) from None
 
 
 def _open_log(path: Path):
