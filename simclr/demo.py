@@ -6,9 +6,11 @@ photos (scikit-image's sample images) -> simclr-embed -> simclr index -> search 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ class DemoReport:
     triton_max_abs_diff: dict[str, float] = field(default_factory=dict)
     probe: dict | None = None
     quantized: dict | None = None
+    search_service: str = ""  # the URL it served on
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,8 +122,9 @@ def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIden
 
 
 def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None, probe_train: int = 10_000,
-             say: Callable[[str], None] = print) -> DemoReport:
-    """Run every stage once and report what it did; `say` prints progress lines for a person."""
+             say: Callable[[str], None] = print, keep_serving: bool = False) -> DemoReport:
+    """Run every stage once and report what it did; `say` prints progress lines for a person. Ends by starting the
+    search service on the photos and printing its URL; it stops again unless `keep_serving` (then: at Ctrl-C)."""
     out = Path(out)
     report = DemoReport(out)
     model_file = resolve_model(model)
@@ -199,8 +203,42 @@ def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None
         f"  simclr-embed {out / 'photos'} --server 127.0.0.1:8001 --protocol grpc --model-name {model_dir.name} "
         f"--send bytes --out remote.npy\n"
         f"  simclr probe --data cifar10 --data-root DIR --model {model_dir}\n"
+        f"  simclr search-server --index {features_path}   # then open http://127.0.0.1:8600/\n"
         f"  simclr quantize {out / 'model_repository' / model_dir.name} --calibration {out}")
+    report.search_service = serve_search(features_path, model_file, keep_serving, say)
     return report
+
+
+def serve_search(features_path: Path, model_file: Path, keep_serving: bool, say: Callable[[str], None]) -> str:
+    """Start the search service on the demo's features (port 8600, or a free one when taken), answer one query
+    through it, print its URL; stop it again unless `keep_serving` (then at Ctrl-C). Returns the URL."""
+    import urllib.request
+
+    from simclr.embed.encoder import EncoderSpec
+    from simclr.ports import PortInUseError, check_port_free, free_port
+    from simclr.search.server import SearchServer
+    from simclr.search.service import SearchService
+
+    try:
+        check_port_free("127.0.0.1", 8600)
+        port = 8600
+    except PortInUseError:
+        port = free_port()
+    service = SearchService(features_path, EncoderSpec(model=str(model_file)))
+    with SearchServer(service, port=port) as server:
+        request = urllib.request.Request(f"{server.url}/search", data=json.dumps({"row": 0, "k": 4}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            took = json.load(answer)["timing_ms"]["total"]
+        say(f"\n8. search service (simclr search-server --index {features_path}): {server.url}/ answered a query "
+            f"by row in {took:.1f} ms")
+        if keep_serving:
+            say("   serving until Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+        else:
+            say("   stopped (simclr demo --keep-serving keeps it up: open the URL in a browser)")
+    return server.url
 
 
 def quantize_copy(model_file: Path, out: Path, photos: list[Path], say: Callable[[str], None]) -> dict | None:

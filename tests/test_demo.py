@@ -31,6 +31,7 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(learned_repo: Path,
     assert "top-1" in text and "by hand:" in text and "simclr serve --repo" in text
     assert "linear probe skipped" in text
     assert report.quantized["mean_cosine"] >= 0.99 and Path(report.quantized["model"]).is_relative_to(tmp_path)
+    assert "8. search service" in text and report.search_service.startswith("http://127.0.0.1:")
     assert "7. simclr quantize ->" in text and not (learned_repo / "tiny_int8").exists()
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved["photos"] == len(SAMPLE_PHOTOS)

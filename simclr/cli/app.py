@@ -44,8 +44,11 @@ def demo_command(
                                                         "probe. [default: skip it]")] = None,
     probe_train: Annotated[int, typer.Option(min=1, help="CIFAR-10 train images for the demo's probe (the test split "
                                                          "is used whole).")] = 10_000,
+    keep_serving: Annotated[bool, typer.Option(help="Keep the search service it starts at the end running until "
+                                                    "Ctrl-C (open its URL in a browser).")] = False,
 ) -> None:
-    """Run the whole tool end to end: embed photos, index, search with augmented views, serve on Triton, probe."""
+    """Run the whole tool end to end: embed photos, index, search with augmented views, serve on Triton, probe,
+    quantize, and the search service with its web page."""
     from simclr.cli.common import setup_logging, user_errors
     from simclr.demo import run_demo
     from simclr.embed.encoder import EncoderError
@@ -53,7 +56,7 @@ def demo_command(
 
     setup_logging()
     with user_errors(EncoderError, ServerError):
-        run_demo(out, model, data_root, probe_train, say=typer.echo)
+        run_demo(out, model, data_root, probe_train, say=typer.echo, keep_serving=keep_serving)
 
 
 def main() -> None:
