@@ -82,6 +82,7 @@ class EncoderSpec:
     send: str = "uint8"  # Triton: uint8 (decoded here) or bytes (files decoded by the server's NAME_preprocess)
     device: str = "auto"  # ONNX Runtime: auto (CUDA when onnxruntime-gpu has it), cpu or cuda
     threads: int | None = None  # ONNX Runtime threads (None: all cores)
+    spin: bool = True  # ONNX Runtime threads spin between runs: best for back-to-back batches, not beside other work
 
     def open(self) -> Encoder:
         if self.server:
@@ -96,4 +97,5 @@ class EncoderSpec:
                                "files are decoded here")
         from simclr.embed.onnx_encoder import OnnxEncoder
 
-        return OnnxEncoder(Path(self.model) if self.model else None, device=self.device, threads=self.threads)
+        return OnnxEncoder(Path(self.model) if self.model else None, device=self.device, threads=self.threads,
+                           spin=self.spin)

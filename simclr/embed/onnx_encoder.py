@@ -37,9 +37,11 @@ def resolve_model(model: Path | None) -> Path:
 
 
 class OnnxEncoder:
-    """Encoder over ONNX Runtime. `device`: auto (CUDA if onnxruntime-gpu has it), cpu or cuda."""
+    """Encoder over ONNX Runtime. `device`: auto (CUDA if onnxruntime-gpu has it), cpu or cuda. `spin=False` stops
+    idle worker threads spinning, which would otherwise hold cores that other work in the process needs."""
 
-    def __init__(self, model: Path | None = None, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model: Path | None = None, device: str = "auto", threads: int | None = None,
+                 spin: bool = True) -> None:
         import onnxruntime
 
         self.path = resolve_model(model).resolve()
@@ -47,6 +49,8 @@ class OnnxEncoder:
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = onnxruntime.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise EncoderError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu "

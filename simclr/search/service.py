@@ -3,6 +3,7 @@ swapped whole by `reload`), and the queries it answers. No web code here: `searc
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -67,7 +68,8 @@ class SearchService:
 
     def __init__(self, features_path: Path, spec: EncoderSpec | None = None) -> None:
         self.features_path = Path(features_path)
-        self.spec = spec or EncoderSpec()
+        # A query embeds one image between searches and HTTP work: spinning ONNX Runtime threads would slow those 2x.
+        self.spec = dataclasses.replace(spec or EncoderSpec(), spin=False)
         self.encoder: Encoder | None = None
         self.collection: Collection | None = None
         self._reload_lock = threading.Lock()
