@@ -18,25 +18,30 @@ def _pyplot():
     return plt
 
 
-def plot_training_curves(metrics_path: Path, png_path: Path) -> Path:
-    """Loss, contrastive accuracy and learning rate per step (and kNN top-1 per epoch when measured), from the
-    records of a metrics.jsonl file."""
+def plot_training_curves(metrics_path: Path, png_path: Path, titles: dict[str, str] | None = None) -> Path:
+    """One panel per number of a metrics.jsonl file's step records (the learning rate last), and one per number its
+    epoch records add (kNN or test top-1, in %). `titles` names the panels by key."""
     plt = _pyplot()
+    titles = {"lr": "learning rate", **(titles or {})}
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     steps = [r for r in records if r.get("event") == "step"]
-    knn = [r for r in records if r.get("event") == "epoch" and r.get("knn_top1") is not None]
-    panels = [("loss", "NT-Xent loss"), ("contrastive_accuracy", "contrastive accuracy"), ("lr", "learning rate")]
-    figure, axes = plt.subplots(1, len(panels) + bool(knn), figsize=(4.2 * (len(panels) + bool(knn)), 3.4))
-    for axis, (key, title) in zip(axes, panels, strict=False):
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    skipped = {"event", "step", "epoch", "lr", "images_per_second"}
+    step_keys = [key for key in (steps[0] if steps else {}) if key not in skipped] + ["lr"]
+    epoch_keys = [key for key in titles if key not in step_keys and any(r.get(key) is not None for r in epochs)]
+    count = len(step_keys) + len(epoch_keys)
+    figure, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.4), squeeze=False)
+    for axis, key in zip(axes[0], step_keys, strict=False):
         axis.plot([r["step"] for r in steps], [r[key] for r in steps], linewidth=1.2)
-        axis.set_title(title)
+        axis.set_title(titles.get(key, key.replace("_", " ")))
         axis.set_xlabel("optimiser step")
         axis.grid(alpha=0.3)
-    if knn:
-        axes[-1].plot([r["epoch"] for r in knn], [100 * r["knn_top1"] for r in knn], marker="o")
-        axes[-1].set_title("kNN top-1 (%)")
-        axes[-1].set_xlabel("epoch")
-        axes[-1].grid(alpha=0.3)
+    for axis, key in zip(axes[0][len(step_keys):], epoch_keys, strict=True):
+        measured = [r for r in epochs if r.get(key) is not None]
+        axis.plot([r["epoch"] for r in measured], [100 * r[key] for r in measured], marker="o")
+        axis.set_title(f"{titles[key]} (%)")
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)

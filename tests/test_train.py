@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from simclr.cli.app import app
 from simclr.train.checkpoint import load_checkpoint, save_checkpoint
 from simclr.train.config import build_config
-from simclr.train.loop import Trainer, TrainingError, TrainingInterrupted, train
+from simclr.train.epochs import TrainingError, TrainingInterrupted
+from simclr.train.loop import Trainer, train
 
 SMALL = ["--width", "0.0625", "--image-size", "16", "--batch-size", "8", "--epochs", "3", "--workers", "0",
          "--warmup-epochs", "1", "--log-every", "1"]

@@ -46,7 +46,8 @@ def train_command(
     """
     from simclr.train.checkpoint import CheckpointError
     from simclr.train.config import build_config
-    from simclr.train.loop import TrainingError, TrainingInterrupted, run_config, train
+    from simclr.train.epochs import TrainingError, TrainingInterrupted
+    from simclr.train.loop import run_config, train
 
     setup_logging()
     overrides = {option.key: recipe[option.name] for option in RECIPE}

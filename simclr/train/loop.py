@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,34 +13,20 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from simclr.atomic import atomic_write_text
 from simclr.data.datasets import InMemoryImages, training_images
-from simclr.plots import plot_training_curves
-from simclr.progress import progress_bar
 from simclr.train import distributed
 from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
-from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
+from simclr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, resumed
+from simclr.train.epochs import EpochLoop, TrainingError, gather_generator_states
 from simclr.train.loss import contrastive_step
 from simclr.train.model import SimCLRModel
-from simclr.train.monitor import KnnMonitor, MetricsLog, ThroughputWindow
+from simclr.train.monitor import KnnMonitor
 from simclr.train.optim import build_optimizer, peak_learning_rate, warmup_cosine
-from simclr.train.runtime import SaveTimer, StopSignals, resolve_device
+from simclr.train.runtime import mixed_precision, resolve_device
 
 log = logging.getLogger("simclr")
-
-METRICS_NAME = "metrics.jsonl"
-CURVE_NAME = "training_curves.png"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, unreadable data); the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM stopped the run after saving a checkpoint it can resume from."""
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -87,17 +71,17 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> TrainResult:
         distributed.teardown()
 
 
-class Trainer:
+class Trainer(EpochLoop):
     """One run's moving parts: data, model, optimiser and schedule, precision, RNG, and the files it writes."""
 
+    step_names = ("loss", "contrastive_accuracy")
+    curve_titles = {"loss": "NT-Xent loss", "contrastive_accuracy": "contrastive accuracy", "knn_top1": "kNN top-1"}
+
     def __init__(self, config: TrainConfig, out: Path, device: torch.device, resume: bool) -> None:
-        self.config, self.out, self.device = config, out, device
-        self.is_main = distributed.rank() == 0
-        self.world = distributed.world_size()
+        super().__init__(config, out, device)
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size}: must divide evenly across {self.world} processes")
         self.local_batch = config.batch_size // self.world
-        self.checkpoint_path = out / CHECKPOINT_NAME
 
         # Data
         self.dataset = training_images(config.data, Path(config.data_root) if config.data_root else None,
@@ -124,20 +108,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, config.batch_size)
         self.schedule = warmup_cosine(peak_learning_rate(config.optim, config.batch_size), total_steps,
                                       round(config.optim.warmup_epochs * self.steps_per_epoch))
-        precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                         else contextlib.nullcontext())
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.autocast, self.scaler = mixed_precision(device, config.precision)
         self.augment_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + distributed.rank())
         self.two_views = TwoViews(simclr_augmentation(config.augment, self.augment_generator))
 
-        self.step, self.epoch = 0, 0
-        self.epoch_steps: list[tuple[float, float]] = []  # (loss, accuracy) of this epoch's steps, resumes included
         self.resumed = resume
         if resume:
             self._restore()
-        self.metrics: MetricsLog | None = None  # opened by run(); building a Trainer writes nothing
         self.monitor = KnnMonitor(config, device) if config.knn_every and self.is_main else None
 
         self.network: nn.Module = self.model
@@ -162,7 +139,7 @@ class Trainer:
 
     def save(self, epoch: int) -> None:
         """Save everything needed to continue exactly from here. Collective: every rank calls it, rank 0 writes."""
-        augment_states = _gather_generator_states(self.augment_generator)
+        augment_states = gather_generator_states(self.augment_generator)
         if not self.is_main:
             return
         save_checkpoint(self.checkpoint_path, {
@@ -190,10 +167,7 @@ class Trainer:
         # Each rank holds its share of the full gradient and DDP averages: scale by the world size to undo that.
         self.scaler.scale(loss * self.world).backward()
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at step {self.step + 1} (epoch {self.epoch + 1}); "
-                                f"stopped. {self.checkpoint_path} keeps the last good state; lower --base-lr or use "
-                                "--precision fp32")
+        self.check_finite(loss_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -201,59 +175,13 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to --epochs (or --max-steps), writing config.json, metrics, checkpoints and the curve PNG."""
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_NAME, self.config.to_json())
-            self.metrics = MetricsLog(self.out / METRICS_NAME, self.step if self.resumed else None)
         started = time.monotonic()
-        first_step = self.step
-        loss = accuracy = math.nan
-        try:
-            with StopSignals() as signals:
-                while self.epoch < self.config.epochs and self.step < self.max_steps:
-                    loss, accuracy = self._run_epoch(signals)
-        finally:  # a stopped or failed run gets its curves too
-            if self.is_main:
-                plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME)
-        wall = time.monotonic() - started
-        images = (self.step - first_step) * self.config.batch_size
+        (loss, accuracy), images_per_second = self.run_epochs()
         return TrainResult(out=self.out, steps=self.step, epochs_completed=self.step // self.steps_per_epoch,
-                           loss=loss, contrastive_accuracy=accuracy, images_per_second=images / max(wall, 1e-9),
-                           wall_seconds=wall)
+                           loss=loss, contrastive_accuracy=accuracy, images_per_second=images_per_second,
+                           wall_seconds=time.monotonic() - started)
 
-    def _run_epoch(self, signals: StopSignals) -> tuple[float, float]:
-        """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last (loss, accuracy)."""
-        epoch = self.epoch
-        skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
-        window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
-        stopped, loss, accuracy = False, math.nan, math.nan  # a resume can land on an epoch with no batch left
-        with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                          disable=not self.is_main) as bar:
-            for images in self._batches(epoch, skip):
-                loss, accuracy = self.train_step(images)
-                self.epoch_steps.append((loss, accuracy))
-                window.count(1)
-                bar.update(1)
-                if self.step % self.config.log_every == 0 or self.step == self.max_steps:
-                    self._log_step(loss, accuracy, window.images_per_second(self.config.batch_size), bar)
-                # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
-                stopped, save_due = distributed.any_rank([signals.received is not None, save_timer.due()],
-                                                         self.device)
-                if stopped or self.step >= self.max_steps:
-                    break
-                if save_due and self.step < (epoch + 1) * self.steps_per_epoch:  # the epoch's end saves anyway
-                    self.save(epoch)
-                    save_timer.restart()
-        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
-            self.save(epoch)
-        else:
-            self._end_epoch()
-        if stopped:
-            raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
-                                      "continue with --resume")
-        return loss, accuracy
-
-    def _batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         """This rank's uint8 batches of `epoch`, after the first `skip` (done before a resume)."""
         config = self.config
         sampler = ResumableSampler(len(self.dataset), config.seed, epoch, skip * self.local_batch)
@@ -264,35 +192,7 @@ class Trainer:
                                     "(see the warnings above)")
             yield images
 
-    def _log_step(self, loss: float, accuracy: float, images_per_second: float, bar) -> None:
-        lr = self.schedule[self.step - 1]
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_second:.0f}")
-        self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
-                      "contrastive_accuracy": accuracy, "lr": lr, "images_per_second": images_per_second})
-
-    def _end_epoch(self) -> None:
-        """Count the finished epoch, save it, and log its means (and the kNN monitor when due)."""
-        losses, accuracies = zip(*self.epoch_steps, strict=True) if self.epoch_steps else ([math.nan], [math.nan])
-        self.epoch_steps = []
-        self.epoch += 1
-        self.save(self.epoch)
-        record = {"event": "epoch", "step": self.step, "epoch": self.epoch, "loss": sum(losses) / len(losses),
-                  "contrastive_accuracy": sum(accuracies) / len(accuracies)}
+    def end_of_epoch(self, record: dict) -> None:
         if self.monitor and self.epoch % self.config.knn_every == 0:
             record["knn_top1"] = self.monitor(self.model.encoder)
             log.info("epoch %d: kNN top-1 %.2f%%", self.epoch, 100 * record["knn_top1"])
-        self._record(record)
-
-    def _record(self, record: dict) -> None:
-        if self.metrics:
-            self.metrics.write(record)
-
-
-def _gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
-    """Every rank's generator state, in rank order (collective: all ranks must call it)."""
-    state = generator.get_state()
-    if not distributed.is_distributed():
-        return [state]
-    states: list = [None] * distributed.world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states

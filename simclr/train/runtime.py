@@ -19,6 +19,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager,
+                                                                   torch.amp.GradScaler]:
+    """The autocast context and gradient scaler of --precision (auto: bf16 on CUDA, fp32 on CPU; fp16 scales)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 class StopSignals:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step (restores the old handlers on exit)."""
 

@@ -1,0 +1,162 @@
+"""The run machinery every training command shares: epochs of optimiser steps with a progress bar, metrics.jsonl
+lines, atomic checkpoints (at each epoch's end, on a timer, on SIGINT/SIGTERM, at --max-steps), an exact resume and
+the curves PNG. A subclass says what one step does, what a checkpoint holds and what an epoch's end adds."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from simclr.atomic import atomic_write_text
+from simclr.plots import plot_training_curves
+from simclr.progress import progress_bar
+from simclr.train import distributed
+from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
+from simclr.train.monitor import MetricsLog, ThroughputWindow
+from simclr.train.runtime import SaveTimer, StopSignals
+
+METRICS_NAME = "metrics.jsonl"
+CURVE_NAME = "training_curves.png"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, unreadable data); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped the run after saving a checkpoint it can resume from."""
+
+
+class EpochLoop:
+    """Runs `config.epochs` epochs (or to `max_steps`) of `train_step` over `batches`.
+
+    The subclass sets `steps_per_epoch`, `max_steps`, `schedule` (the learning rate of every step) and `step_names`
+    (what `train_step` returns, in order: the first is the loss; each is logged per step and averaged per epoch),
+    and implements `batches`, `train_step`, `save` and optionally `end_of_epoch`. `config` needs `epochs`,
+    `batch_size`, `log_every`, `save_every_minutes` and `to_json()`.
+    """
+
+    step_names: tuple[str, ...] = ("loss",)
+    curve_titles: dict[str, str] = {}
+
+    def __init__(self, config, out: Path, device: torch.device) -> None:
+        self.config, self.out, self.device = config, out, device
+        self.is_main = distributed.rank() == 0
+        self.world = distributed.world_size()
+        self.checkpoint_path = out / CHECKPOINT_NAME
+        self.step, self.epoch = 0, 0
+        self.epoch_steps: list[tuple[float, ...]] = []  # this epoch's step values, resumes included
+        self.steps_per_epoch = self.max_steps = 0
+        self.schedule: list[float] = []
+        self.resumed = False
+        self.metrics: MetricsLog | None = None  # opened by run_epochs(); building a loop writes nothing
+
+    def batches(self, epoch: int, skip: int) -> Iterator:
+        """This rank's batches of `epoch`, after the first `skip` (done before a resume)."""
+        raise NotImplementedError
+
+    def train_step(self, batch) -> tuple[float, ...]:
+        """One optimiser step; returns the values named by `step_names`."""
+        raise NotImplementedError
+
+    def save(self, epoch: int) -> None:
+        """Save everything needed to continue exactly from here (collective: every rank calls it)."""
+        raise NotImplementedError
+
+    def end_of_epoch(self, record: dict) -> None:
+        """Add what an epoch's end measures (evaluation, kNN) to its metrics record."""
+
+    def run_epochs(self) -> tuple[tuple[float, ...], float]:
+        """Train to the end (config.json, metrics, checkpoints, curves); returns the last step's values and the
+        images per second of this call."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / CONFIG_NAME, self.config.to_json())
+            self.metrics = MetricsLog(self.out / METRICS_NAME, self.step if self.resumed else None)
+        started, first_step = time.monotonic(), self.step
+        values = tuple(math.nan for _ in self.step_names)
+        try:
+            with StopSignals() as signals:
+                while self.epoch < self.config.epochs and self.step < self.max_steps:
+                    values = self._run_epoch(signals)
+        finally:  # a stopped or failed run gets its curves too
+            if self.is_main:
+                plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME, self.curve_titles)
+        images = (self.step - first_step) * self.config.batch_size
+        return values, images / max(time.monotonic() - started, 1e-9)
+
+    def check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}); stopped. "
+                                f"{self.checkpoint_path} keeps the last good state; lower --base-lr or use "
+                                "--precision fp32")
+
+    def _run_epoch(self, signals: StopSignals) -> tuple[float, ...]:
+        """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last step's values."""
+        epoch = self.epoch
+        skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
+        window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
+        stopped, values = False, tuple(math.nan for _ in self.step_names)  # a resume can land past the last batch
+        with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                          disable=not self.is_main) as bar:
+            for batch in self.batches(epoch, skip):
+                values = self.train_step(batch)
+                self.epoch_steps.append(values)
+                window.count(1)
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == self.max_steps:
+                    self._log_step(values, window.images_per_second(self.config.batch_size), bar)
+                # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
+                stopped, save_due = distributed.any_rank([signals.received is not None, save_timer.due()],
+                                                         self.device)
+                if stopped or self.step >= self.max_steps:
+                    break
+                if save_due and self.step < (epoch + 1) * self.steps_per_epoch:  # the epoch's end saves anyway
+                    self.save(epoch)
+                    save_timer.restart()
+        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
+            self.save(epoch)
+        else:
+            self._end_epoch()
+        if stopped:
+            raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
+                                      "continue with --resume")
+        return values
+
+    def _log_step(self, values: tuple[float, ...], images_per_second: float, bar) -> None:
+        lr = self.schedule[self.step - 1]
+        named = dict(zip(self.step_names, values, strict=True))
+        bar.set_postfix(**{name[:4]: f"{value:.4g}" for name, value in named.items()}, lr=f"{lr:.3g}",
+                        img_s=f"{images_per_second:.0f}")
+        self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, **named, "lr": lr,
+                      "images_per_second": images_per_second})
+
+    def _end_epoch(self) -> None:
+        """Count the finished epoch, save it, and log its means (and what `end_of_epoch` adds)."""
+        columns = list(zip(*self.epoch_steps, strict=True)) if self.epoch_steps else [[math.nan]] * len(
+            self.step_names)
+        self.epoch_steps = []
+        self.epoch += 1
+        self.save(self.epoch)
+        record = {"event": "epoch", "step": self.step, "epoch": self.epoch,
+                  **{name: sum(column) / len(column) for name, column in zip(self.step_names, columns, strict=True)}}
+        self.end_of_epoch(record)
+        self._record(record)
+
+    def _record(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
+
+
+def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's generator state, in rank order (collective: all ranks must call it)."""
+    state = generator.get_state()
+    if not distributed.is_distributed():
+        return [state]
+    states: list = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
