@@ -130,6 +130,38 @@ def photo_collection(tiny_repo: Path, real_photos: Path, tmp_path_factory: pytes
     return out
 
 
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+@pytest.fixture(scope="session")
+def labelled_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled set as `simclr finetune --data DIR` takes it: DIR/train/<colour>/ (16 each) and
+    DIR/test/<colour>/ (6 each), noisy 40 px pictures dominated by one colour (no ../shared needed)."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("test", 6)):
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{index:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(contract_run: Path, labelled_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`contract_run` fine-tuned on `labelled_folder` for 3 epochs (one layer of g kept)."""
+    from typer.testing import CliRunner
+
+    from simclr.cli.app import app
+
+    out = tmp_path_factory.mktemp("finetuned") / "run"
+    result = CliRunner().invoke(app, ["finetune", str(contract_run), "--data", str(labelled_folder), "--epochs", "3",
+                                      "--batch-size", "8", "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def train_cli(*args: str) -> Path:
     """Run `simclr train` in-process; fail the test with its output when it fails."""
     from typer.testing import CliRunner
@@ -204,13 +236,18 @@ def learned_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return repo
 
 
-@pytest.fixture(scope="session")
-def triton(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real Triton Inference Server on free ports, serving `tiny_repo`, for the whole session."""
+def serve(repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real Triton Inference Server on free ports serving `repo` (a context manager)."""
     from simclr.ports import free_port
     from simclr.server.launcher import ServerOptions, TritonServer
 
-    options = ServerOptions(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                            log_file=tmp_path_factory.mktemp("triton") / "triton.log", onnxruntime_threads=1)
-    with TritonServer(options) as server:
+    return TritonServer(ServerOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                      log_file=tmp_path_factory.mktemp("triton") / "triton.log",
+                                      onnxruntime_threads=1))
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real Triton Inference Server serving `tiny_repo`, for the whole session."""
+    with serve(tiny_repo, tmp_path_factory) as server:
         yield server

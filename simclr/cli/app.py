@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
+from simclr.cli.classify import classify_command
 from simclr.cli.embed import embed_command
 from simclr.cli.export import export_command
+from simclr.cli.finetune import finetune_command
 from simclr.cli.probe import probe_command
 from simclr.cli.quantize import quantize_command
 from simclr.cli.search import index_command, search_command
@@ -33,6 +35,8 @@ app.command("index")(index_command)
 app.command("search")(search_command)
 app.command("search-server")(search_server_command)
 app.command("probe")(probe_command)
+app.command("finetune")(finetune_command)
+app.command("classify")(classify_command)
 
 
 @app.command("demo")

@@ -14,11 +14,17 @@ Option = typer.Option
 
 
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one; "
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one "
+                                                    "(of simclr train, or of simclr finetune with --classifier); "
                                                     "or an exported model directory (REPO/NAME) to add its "
                                                     "NAME_preprocess and NAME_bytes.")],
     repo: Annotated[Path, Option(help="Triton model repository to add the model to.")] = Path("model_repository"),
-    name: Annotated[str, Option(help="Model name in the repository (letters, digits, _ - .).")] = "simclr_resnet18",
+    name: Annotated[str | None, Option(help="Model name in the repository (letters, digits, _ - .). [default: "
+                                            "simclr_resnet18; with --classifier: simclr_classifier]")] = None,
+    classifier: Annotated[bool, Option(help="Export a fine-tuned classifier (a simclr finetune run): one ONNX with "
+                                            "the outputs embedding, logits and probabilities, and labels.txt named "
+                                            "by label_filename, so that Triton's classification extension answers "
+                                            "class_count=k requests with class names.")] = False,
     max_batch_size: Annotated[int, Option(min=1, help="Largest batch Triton accepts (config.pbtxt max_batch_size).")
                               ] = 256,
     instances: Annotated[int, Option(min=1, help="Model instances Triton runs (instance_group count).")] = 1,
@@ -46,13 +52,15 @@ def export_command(
     json_output: Annotated[bool, Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Export encoder f (without the projection head) to ONNX as the next version of NAME in the repository, and
-    the models that let clients send image files (NAME_preprocess, NAME_bytes).
+    the models that let clients send image files (NAME_preprocess, NAME_bytes); with --classifier, a fine-tuned
+    classifier.
 
     Checks ONNX Runtime against PyTorch on the same uint8 batch before anything is written; an existing version is
     never overwritten. Given an exported model directory (REPO/NAME) instead of a checkpoint, writes only its
     NAME_preprocess and NAME_bytes, for its newest version.
     """
     from simclr.export.bytes_model import BytesModelOptions, write_bytes_models
+    from simclr.export.classifier import export_classifier
     from simclr.export.layout import CONFIG_FILE
     from simclr.export.onnx_export import ExportError
     from simclr.export.repository import ServingOptions, export_to_repository
@@ -72,8 +80,14 @@ def export_command(
                 f"{written.version}", json_output)
         return
     with user_errors(CheckpointError, ExportError):
-        model = export_to_repository(checkpoint, repo, name, options, fp16=fp16, weights=weights,
-                                     bytes_model=preprocess if bytes_model else None)
+        if classifier:
+            if fp16 or weights != "fp32":
+                raise ValueError("--classifier exports FP32 weights and compute: leave out --fp16 and --weights")
+            model = export_classifier(checkpoint, repo, name or "simclr_classifier", options,
+                                      bytes_model=preprocess if bytes_model else None)
+        else:
+            model = export_to_repository(checkpoint, repo, name or "simclr_resnet18", options, fp16=fp16,
+                                         weights=weights, bytes_model=preprocess if bytes_model else None)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),
                "config": str(model.config_path), "max_abs_diff": model.export.max_abs_diff,
                "tolerance": model.export.tolerance, "metadata": model.export.metadata.to_props(),

@@ -1,15 +1,18 @@
-"""Options several commands share: which encoder to run (locally or on a Triton server), as one option group."""
+"""Options several commands share: which encoder to run (locally or on a Triton server), as one option group; a
+recipe's fields (TrainConfig, FinetuneConfig) as options."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Annotated, Literal
 
 from typer import Option
 
 from simclr.embed.encoder import DEVICES, PROTOCOLS, SENDS, EncoderSpec
+from simclr.train.config import RecipeOption
 
 _PARAMETERS = {
     "model": Annotated[str | None, Option("--model", help="Exported model: a model directory (newest version), a "
@@ -46,3 +49,29 @@ def with_encoder_options(command: Callable) -> Callable:
 
     with_options.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
     return with_options
+
+
+def recipe_parameter(option: RecipeOption) -> inspect.Parameter:
+    """The option of one recipe field: None when not given, so that the preset (or the resumed run) decides."""
+    kind = Literal[option.choices] if option.choices else option.type
+    declaration = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
+    help_text = option.help
+    if "[default:" not in help_text and option.default is not None and option.key != "data":
+        shown = ("on" if option.default else "off") if option.type is bool else option.default
+        help_text += f" [default: {shown}]"
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[typing.Optional[kind], Option(declaration, help=help_text)])  # noqa: UP045
+
+
+def with_recipe_options(recipe: list[RecipeOption]) -> Callable[[Callable], Callable]:
+    """Give a command that takes `**recipe` one option per recipe field, after its own (Typer reads a command's
+    options from its signature)."""
+
+    def decorate(command: Callable) -> Callable:
+        fixed = [parameter for parameter in inspect.signature(command, eval_str=True).parameters.values()
+                 if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [*fixed, *(recipe_parameter(option) for option in recipe)])
+        return command
+
+    return decorate

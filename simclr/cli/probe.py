@@ -42,6 +42,9 @@ def probe_command(
     limit_test: Annotated[int | None, Option(min=1, help="Use a seeded random subset of this many test images.")
                           ] = None,
     seed: Annotated[int, Option(help="Seed of the held-out split and the subsets.")] = 0,
+    labels_file: Annotated[Path | None, Option(help="Train only on the images a labelled_images.txt names (simclr "
+                                                    "finetune writes one), to compare with fine-tuning on the same "
+                                                    "labels.")] = None,
     confusion: Annotated[Path | None, Option(help="Write the linear classifier's confusion matrix as a PNG.")] = None,
     json_output: Annotated[bool, Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
@@ -66,7 +69,8 @@ def probe_command(
         model = None if precomputed else evaluation_encoder(encoder, checkpoint, baseline)
         train_set, test_set = labelled_sets(model, data=data, data_root=data_root, train=train, test=test,
                                             train_features=train_features, test_features=test_features,
-                                            limit_train=limit_train, limit_test=limit_test, seed=seed)
+                                            limit_train=limit_train, limit_test=limit_test, seed=seed,
+                                            labels_file=labels_file)
         identity = model.identity.as_dict() if model else {"features": str(train_features)}
         report = evaluate_features(train_set.features, train_set.labels, test_set.features, test_set.labels,
                                    len(train_set.classes), tuple(l2) if l2 else L2_GRID, knn_k, knn_temperature,

@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from simclr.cli.common import fail, print_json, setup_logging, user_errors
-from simclr.train.config import RecipeOption, recipe_options
+from simclr.cli.options import with_recipe_options
+from simclr.train.config import recipe_options
 
 Option = typer.Option
 RECIPE = recipe_options()
 
 
-def _recipe_parameter(option: RecipeOption) -> inspect.Parameter:
-    """The option of one recipe field: None when not given, so that the preset (or the resumed run) decides."""
-    kind = Literal[option.choices] if option.choices else option.type
-    declaration = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
-    help_text = option.help
-    if "[default:" not in help_text and option.default is not None and option.key != "data":
-        shown = ("on" if option.default else "off") if option.type is bool else option.default
-        help_text += f" [default: {shown}]"
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[typing.Optional[kind], Option(declaration, help=help_text)])  # noqa: UP045
-
-
+@with_recipe_options(RECIPE)
 def train_command(
     out: Annotated[Path, Option(help="Run directory: last.pt, config.json, metrics.jsonl, training_curves.png.")],
     resume: Annotated[bool, Option(help="Continue the run in --out from last.pt exactly where it stopped. The "
@@ -73,10 +62,3 @@ def train_command(
         typer.echo(f"trained {result.steps} steps ({result.epochs_completed} epochs) in {result.wall_seconds:.0f} s: "
                    f"loss {result.loss:.4f}, contrastive accuracy {result.contrastive_accuracy:.3f}, "
                    f"{result.images_per_second:.0f} images/s -> {out}")
-
-
-# Typer reads a command's options from its signature: the fixed ones above, then one per recipe field.
-_fixed = [parameter for parameter in inspect.signature(train_command, eval_str=True).parameters.values()
-          if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
-train_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [*_fixed, *(_recipe_parameter(option) for option in RECIPE)])

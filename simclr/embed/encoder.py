@@ -83,6 +83,7 @@ class EncoderSpec:
     device: str = "auto"  # ONNX Runtime: auto (CUDA when onnxruntime-gpu has it), cpu or cuda
     threads: int | None = None  # ONNX Runtime threads (None: all cores)
     spin: bool = True  # ONNX Runtime threads spin between runs: best for back-to-back batches, not beside other work
+    output: str = "embedding"  # the model output `embed` returns (a classifier also has logits, probabilities)
 
     def open(self) -> Encoder:
         if self.server:
@@ -91,11 +92,12 @@ class EncoderSpec:
             if not self.model_name:
                 raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
             url = self.server.removeprefix("http://").removeprefix("grpc://")
-            return TritonEncoder(url, self.model_name, self.model_version, self.protocol, send=self.send)
+            return TritonEncoder(url, self.model_name, self.model_version, self.protocol, send=self.send,
+                                 output=self.output)
         if self.send != "uint8":
             raise EncoderError(f"--send {self.send} needs --server: without one, ONNX Runtime runs here and the "
                                "files are decoded here")
         from simclr.embed.onnx_encoder import OnnxEncoder
 
         return OnnxEncoder(Path(self.model) if self.model else None, device=self.device, threads=self.threads,
-                           spin=self.spin)
+                           spin=self.spin, output=self.output)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simclr.data.labels_file import read_labels_file
 from simclr.embed.encoder import Encoder, EncoderSpec
 from simclr.embed.features import load_features
 from simclr.embed.reader import decoded_batches, scan_inputs
@@ -45,8 +46,9 @@ def folder_classes(root: Path) -> tuple[str, ...]:
 
 
 def embed_folder(root: Path, classes: tuple[str, ...], encoder: Encoder, batch_size: int = 256,
-                 workers: int | None = None) -> LabelledFeatures:
-    """Embed an ImageFolder tree; images of classes outside `classes` are left out with a warning."""
+                 workers: int | None = None, only: set[str] | None = None) -> LabelledFeatures:
+    """Embed an ImageFolder tree; images of classes outside `classes` are left out with a warning. `only`: the
+    paths (relative to `root`) to embed."""
     root = Path(root)
     present = set(folder_classes(root))
     unknown = sorted(present - set(classes))
@@ -55,6 +57,8 @@ def embed_folder(root: Path, classes: tuple[str, ...], encoder: Encoder, batch_s
                     ", ".join(unknown))
     index = {name: i for i, name in enumerate(classes)}
     entries = [entry for entry in scan_inputs([root]) if entry.label in index]
+    if only is not None:
+        entries = [entry for entry in entries if Path(entry.path).relative_to(root).as_posix() in only]
     rows, labels = [], []
     with progress_bar(total=len(entries), unit="img", desc=f"embedding {root.name}") as bar:
         for batch in decoded_batches(entries, encoder.identity.image_size, batch_size, workers):
@@ -127,20 +131,24 @@ def evaluation_encoder(spec: EncoderSpec, checkpoint: Path | None = None, baseli
 def labelled_sets(encoder: Encoder | None, *, data: str | None = None, data_root: Path | None = None,
                   train: Path | None = None, test: Path | None = None, train_features: Path | None = None,
                   test_features: Path | None = None, limit_train: int | None = None, limit_test: int | None = None,
-                  seed: int = 0) -> tuple[LabelledFeatures, LabelledFeatures]:
+                  seed: int = 0, labels_file: Path | None = None) -> tuple[LabelledFeatures, LabelledFeatures]:
     """(train, test) features of one labelled source: a torchvision data set (`data`, `data_root`), ImageFolder
     trees (`train`, `test`) embedded with `encoder`, or feature files (`train_features`, `test_features`).
-    `limit_*`: a seeded random subset of that many images (taken before embedding where possible)."""
+    `limit_*`: a seeded random subset of that many images (taken before embedding where possible). `labels_file`:
+    only the train images a labelled_images.txt names (simclr finetune's), to compare on the same labels."""
     check_labelled_source(data=data, train=train, test=test, train_features=train_features,
                           test_features=test_features, limit_train=limit_train, limit_test=limit_test)
+    labelled = {key: name for _, key, name in read_labels_file(labels_file)} if labels_file else None
+    if labelled is not None and (train_features or test_features):
+        raise ValueError("--labels-file names images: use it with --data or --train/--test, not feature files")
     if train_features or test_features:
         train_set = features_file(train_features)
         sets = train_set, features_file(test_features, train_set.classes)
     elif data:
-        sets = _torchvision_sets(data, data_root, encoder, limit_train, limit_test, seed)
+        sets = _torchvision_sets(data, data_root, encoder, limit_train, limit_test, seed, labelled)
     else:
         classes = folder_classes(train)
-        sets = embed_folder(train, classes, encoder), embed_folder(test, classes, encoder)
+        sets = embed_folder(train, classes, encoder, only=labelled), embed_folder(test, classes, encoder)
     return subset(sets[0], limit_train, seed), subset(sets[1], limit_test, seed)
 
 
@@ -172,7 +180,8 @@ def subset(features: LabelledFeatures, limit: int | None, seed: int) -> Labelled
 
 
 def _torchvision_sets(data: str, data_root: Path | None, encoder: Encoder, limit_train: int | None,
-                      limit_test: int | None, seed: int) -> tuple[LabelledFeatures, LabelledFeatures]:
+                      limit_test: int | None, seed: int, labelled: dict[str, str] | None = None
+                      ) -> tuple[LabelledFeatures, LabelledFeatures]:
     from simclr.data.datasets import TORCHVISION_DATASETS, torchvision_split
 
     if data not in TORCHVISION_DATASETS:
@@ -182,7 +191,24 @@ def _torchvision_sets(data: str, data_root: Path | None, encoder: Encoder, limit
     sets = []
     for split_name, limit in (("train", limit_train), ("test", limit_test)):
         split = torchvision_split(data, data_root, train=split_name == "train")
+        if labelled is not None and split_name == "train":
+            split = _named_rows(split, labelled)
         split = split.subset(limit, seed) if limit else split
         sets.append(embed_arrays(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy(), split.classes,
                                  encoder, description=f"embedding {data} {split_name}"))
     return sets[0], sets[1]
+
+
+def _named_rows(split, labelled: dict[str, str]):
+    """The rows of a torchvision split that a labels file names by index, checked against their classes."""
+    from simclr.data.datasets import InMemoryImages
+
+    rows = []
+    for key, name in labelled.items():
+        if not key.isdigit() or int(key) >= len(split):
+            raise ValueError(f"--labels-file: image {key!r} is not an index of this data set's train split")
+        if split.classes[int(split.labels[int(key)])] != name:
+            raise ValueError(f"--labels-file: image {key} has class {split.classes[int(split.labels[int(key)])]!r} "
+                             f"here, not {name!r}: the file was written for other data")
+        rows.append(int(key))
+    return InMemoryImages(split.images[rows], split.labels[rows], split.classes)

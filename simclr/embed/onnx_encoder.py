@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class OnnxEncoder:
     idle worker threads spinning, which would otherwise hold cores that other work in the process needs."""
 
     def __init__(self, model: Path | None = None, device: str = "auto", threads: int | None = None,
-                 spin: bool = True) -> None:
+                 spin: bool = True, output: str = OUTPUT_NAME) -> None:
         import onnxruntime
 
         self.path = resolve_model(model).resolve()
@@ -65,11 +66,19 @@ class OnnxEncoder:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
         except ValueError as error:
             raise EncoderError(str(error)) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.classes: tuple[str, ...] = tuple(json.loads(props["classes"])) if "classes" in props else ()
+        self.output = output
+        dims = {tensor.name: tensor.shape[-1] for tensor in self.session.get_outputs()}
+        if output not in dims:
+            raise EncoderError(f"{self.path}: the model has no output {output!r} (outputs: {', '.join(dims)})"
+                               + ("; a classifier is exported with simclr export RUN_DIR --classifier"
+                                  if output != OUTPUT_NAME else ""))
         version = self.path.parent.name if self.path.parent.name.isdigit() else ""
         name = self.path.parent.parent.name if version else self.path.stem
         self.identity = ModelIdentity(name, version, sha256_of(self.path), self.metadata.image_size,
-                                      self.metadata.embedding_dim)
+                                      self.metadata.embedding_dim if output == OUTPUT_NAME else int(dims[output]))
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.identity)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        return self.session.run([self.output], {INPUT_NAME: images})[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -48,12 +49,13 @@ class TritonEncoder:
     """
 
     def __init__(self, url: str, model_name: str, version: str = "", protocol: str = "http", max_in_flight: int = 4,
-                 retry_seconds: float = 10.0, send: str = "uint8", files_per_request: int = 16) -> None:
+                 retry_seconds: float = 10.0, send: str = "uint8", files_per_request: int = 16,
+                 output: str = OUTPUT_NAME) -> None:
         if protocol not in PROTOCOLS:
             raise EncoderError(f"--protocol {protocol!r}: http or grpc")
         if send not in SENDS:
             raise EncoderError(f"--send {send!r}: {' or '.join(SENDS)}")
-        self.url, self.model_name, self.protocol, self.send = url, model_name, protocol, send
+        self.url, self.model_name, self.protocol, self.send, self.output = url, model_name, protocol, send, output
         self.source = f"{protocol}://{url}"
         self.retry_seconds = retry_seconds
         self.max_in_flight = max(1, max_in_flight)
@@ -80,8 +82,13 @@ class TritonEncoder:
             self.metadata: ModelMetadata | None = ModelMetadata.from_props(parameters, f"{self.source}/{model_name}")
         except ValueError:  # a model not exported by simclr: no architecture to tell
             self.metadata = None
+        outputs = {tensor["name"]: int(tensor["dims"][0]) for tensor in config["output"]}
+        if output not in outputs:
+            raise EncoderError(f"model {model_name} on {url} has no output {output!r} (outputs: "
+                               f"{', '.join(outputs)})")
+        self.classes: tuple[str, ...] = tuple(json.loads(parameters["classes"])) if "classes" in parameters else ()
         self.identity = ModelIdentity(model_name, self.version, parameters.get(sha256_parameter(self.version), ""),
-                                      dims[0], int(config["output"][0]["dims"][0]))
+                                      dims[0], outputs[output])
         self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="triton-request")
 
     def _client(self):
@@ -164,9 +171,9 @@ class TritonEncoder:
             client = self._client()
             image = self._module.InferInput(INPUT_NAME, list(images.shape), "UINT8")
             image.set_data_from_numpy(images)
-            output = self._module.InferRequestedOutput(OUTPUT_NAME)
+            output = self._module.InferRequestedOutput(self.output)
             result = client.infer(self.model_name, [image], model_version=self.version, outputs=[output])
-            return result.as_numpy(OUTPUT_NAME)
+            return result.as_numpy(self.output)
 
         return self._checked(self._with_retry(request), len(images))
 
@@ -253,7 +260,7 @@ class TritonEncoder:
         files = np.array(contents, dtype=object).reshape(-1, 1)
         tensor = self._module.InferInput(BYTES_INPUT, list(files.shape), "BYTES")
         tensor.set_data_from_numpy(files)
-        output = self._module.InferRequestedOutput(OUTPUT_NAME)
+        output = self._module.InferRequestedOutput(self.output)
         try:
             result = self._client().infer(bytes_name(self.model_name), [tensor], outputs=[output])
         except InferenceServerException as error:
@@ -261,7 +268,7 @@ class TritonEncoder:
             if f"{BYTES_INPUT}[" in message and not _unreachable(error):  # the preprocessing model's refusal
                 raise FileRefused(message[message.index(f"{BYTES_INPUT}["):].split("]: ", 1)[-1]) from None
             raise
-        return self._checked(result.as_numpy(OUTPUT_NAME), len(contents))
+        return self._checked(result.as_numpy(self.output), len(contents))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

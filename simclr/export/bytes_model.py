@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.atomic import atomic_write_bytes, atomic_write_text
-from simclr.export.layout import CONFIG_FILE, INPUT_NAME, OUTPUT_NAME, read_config, versions
+from simclr.export.layout import CONFIG_FILE, INPUT_NAME, LABELS_FILE, read_config, versions
 
 BYTES_INPUT = "image_bytes"
 DECODE_SOURCE = Path(__file__).parents[1] / "data" / "decode.py"
@@ -70,7 +70,6 @@ def write_bytes_models(repo: Path, name: str, options: BytesModelOptions = BYTES
     version = served[-1]
     encoder = read_config(encoder_dir)
     image_dims = next(list(tensor.dims) for tensor in encoder.input if tensor.name == INPUT_NAME)
-    embedding_dims = next(list(tensor.dims) for tensor in encoder.output if tensor.name == OUTPUT_NAME)
 
     preprocess = Path(repo) / preprocess_name(name)
     (preprocess / str(version)).mkdir(parents=True, exist_ok=True)
@@ -83,8 +82,10 @@ def write_bytes_models(repo: Path, name: str, options: BytesModelOptions = BYTES
     (ensemble / str(version)).mkdir(parents=True, exist_ok=True)
     atomic_write_text(ensemble / str(version) / "README.md",
                       ENSEMBLE_NOTE.format(steps=f"{preprocess.name} and {name} (version {version})"))
+    if (encoder_dir / LABELS_FILE).is_file():  # a classifier: its outputs keep their class names
+        atomic_write_text(ensemble / LABELS_FILE, (encoder_dir / LABELS_FILE).read_text())
     atomic_write_text(ensemble / CONFIG_FILE, _ensemble_config(
-        ensemble.name, name, preprocess.name, version, encoder.max_batch_size, embedding_dims))
+        ensemble.name, name, preprocess.name, version, encoder.max_batch_size, encoder.output))
     return BytesModels(preprocess=preprocess, ensemble=ensemble, version=version)
 
 
@@ -111,18 +112,20 @@ def _preprocess_config(name: str, max_batch_size: int, image_dims: list[int], ma
 
 
 def _ensemble_config(name: str, encoder: str, preprocess: str, version: int, max_batch_size: int,
-                     embedding_dims: list[int]) -> str:
+                     outputs) -> str:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
 
     config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     _newest_only(config)
     config.input.add(name=BYTES_INPUT, data_type=pb.TYPE_STRING, dims=[1])
-    config.output.add(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=embedding_dims)
+    for output in outputs:  # the encoder's outputs, as they are (a classifier's keep their label_filename)
+        config.output.add().CopyFrom(output)
     decode = config.ensemble_scheduling.step.add(model_name=preprocess, model_version=version)
     decode.input_map[BYTES_INPUT] = BYTES_INPUT
     decode.output_map[INPUT_NAME] = INPUT_NAME
     embed = config.ensemble_scheduling.step.add(model_name=encoder, model_version=version)
     embed.input_map[INPUT_NAME] = INPUT_NAME
-    embed.output_map[OUTPUT_NAME] = OUTPUT_NAME
+    for output in outputs:
+        embed.output_map[output.name] = output.name
     return text_format.MessageToString(config)

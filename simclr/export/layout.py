@@ -16,6 +16,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"  # a classifier's class names, one a line (config.pbtxt label_filename)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,6 @@ def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, weights: s
     (with fp16 compute: 2e-2, with fp16 weights: 1e-3 of the largest embedding value), else ExportError with the
     measured difference and nothing written at `out_path`.
     """
-    import onnx
-
     if weights not in WEIGHT_PRECISIONS:
         raise ValueError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_PRECISIONS)}")
     checkpoint = resolve_checkpoint(checkpoint)
@@ -74,33 +72,45 @@ def export_onnx(checkpoint: Path, out_path: Path, fp16: bool = False, weights: s
     exported = UInt8Encoder(ResNetEncoder(config.model).eval(), half=fp16)
     exported.encoder.load_state_dict(encoder.state_dict())
 
-    out_path = Path(out_path)
+    relative = FP16_TOLERANCE if fp16 else FP16_WEIGHTS_TOLERANCE if weights == "fp16" else None
+    tolerance = relative * float(np.abs(reference).max()) if relative else FP32_TOLERANCE
+    difference = write_checked_onnx(exported, images, {OUTPUT_NAME: reference}, Path(out_path),
+                                    metadata.to_props(), tolerance, fp16_weights=weights == "fp16")
+    return ExportedModel(Path(out_path), metadata, difference, tolerance)
+
+
+def write_checked_onnx(module: torch.nn.Module, images: torch.Tensor, references: dict[str, np.ndarray],
+                       out_path: Path, props: dict[str, str], tolerance: float, fp16_weights: bool = False) -> float:
+    """Export `module` (uint8 images -> the outputs named by `references`, in that order) to `out_path` with
+    `props` as metadata, after checking ONNX Runtime's outputs on `images` against `references`: the largest
+    absolute difference (returned) must be at most `tolerance`, else ExportError and nothing is written."""
+    import onnx
+
     with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
         draft = Path(scratch) / "model.onnx"
+        names = list(references)
         with warnings.catch_warnings():
             # The TorchScript exporter is the documented choice here (DESIGN.md); its deprecation notice is noise,
             # and so is its advice against constant folding in PRESERVE mode: the model is in eval mode.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", "It is recommended that constant folding be turned off")
-            torch.onnx.export(exported, (images,), str(draft), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+            torch.onnx.export(module, (images,), str(draft), input_names=[INPUT_NAME], output_names=names,
+                              opset_version=OPSET, dynamo=False,
                               training=torch.onnx.TrainingMode.PRESERVE,  # keeps batch norm unfolded
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *names]})
         model = onnx.load(str(draft))
-        if weights == "fp16":
+        if fp16_weights:
             model = store_weights_fp16(model)
-        onnx.helper.set_model_props(model, metadata.to_props())
+        onnx.helper.set_model_props(model, props)
         onnx.save(model, str(draft))
-        actual = run_onnx(draft, images.numpy())
-        difference = float(np.abs(actual - reference).max())
-        relative = FP16_TOLERANCE if fp16 else FP16_WEIGHTS_TOLERANCE if weights == "fp16" else None
-        tolerance = relative * float(np.abs(reference).max()) if relative else FP32_TOLERANCE
+        actual = run_onnx(draft, images.numpy(), names)
+        difference = max(float(np.abs(actual[name] - reference).max()) for name, reference in references.items())
         if not difference <= tolerance:
             raise ExportError(f"parity check failed: ONNX Runtime differs from PyTorch by {difference:.3g} "
                               f"(max abs; tolerance {tolerance:.3g}); nothing was written")
         draft.chmod(default_mode())
         draft.replace(out_path)
-    return ExportedModel(out_path, metadata, difference, tolerance)
+    return difference
 
 
 def store_weights_fp16(model):
@@ -147,9 +157,10 @@ def weights_as_fp32(model):
     return converted
 
 
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    """Embeddings of a uint8 batch through ONNX Runtime on the CPU."""
+def run_onnx(path: Path, images: np.ndarray, outputs: list[str] | None = None):
+    """Embeddings of a uint8 batch through ONNX Runtime on the CPU; with `outputs`, {name: array} of those."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    arrays = session.run(outputs or [OUTPUT_NAME], {INPUT_NAME: images})
+    return dict(zip(outputs, arrays, strict=True)) if outputs else arrays[0]

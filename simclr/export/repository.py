@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from simclr.export.bytes_model import BYTES_MODEL_DEFAULTS, BytesModelOptions, w
 from simclr.export.layout import (
     CONFIG_FILE,
     INPUT_NAME,
+    LABELS_FILE,
     MODEL_FILE,
     OUTPUT_NAME,
     ModelMetadata,
@@ -57,11 +59,12 @@ def check_model_name(name: str) -> str:
 
 
 def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, hashes: dict[str, str],
-                  backend: str = "onnxruntime") -> str:
+                  backend: str = "onnxruntime", classes: tuple[str, ...] = ()) -> str:
     """config.pbtxt text for the official Triton container, serving every version (older ones on request).
 
     Built as Triton's ModelConfig protobuf; `metadata` becomes string parameters, with `hashes` (each version's
-    onnx_sha256_v<N>).
+    onnx_sha256_v<N>). A classifier (`classes`) also has the outputs logits and probabilities, labelled by
+    labels.txt for Triton's classification extension.
     """
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
@@ -70,13 +73,16 @@ def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, h
                             version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()))
     config.input.add(name=INPUT_NAME, data_type=pb.TYPE_UINT8, dims=[metadata.image_size, metadata.image_size, 3])
     config.output.add(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[metadata.embedding_dim])
+    for output in ("logits", "probabilities") if classes else ():
+        config.output.add(name=output, data_type=pb.TYPE_FP32, dims=[len(classes)], label_filename=LABELS_FILE)
     if options.dynamic_batching:
         preferred = [b for b in options.preferred_batch_sizes if b <= options.max_batch_size] or \
             [options.max_batch_size]
         config.dynamic_batching.preferred_batch_size.extend(preferred)
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_microseconds
     config.instance_group.add(count=options.instances, kind=pb.ModelInstanceGroup.KIND_AUTO)
-    for key, value in sorted({**metadata.to_props(), **hashes}.items()):
+    extra = {"classes": json.dumps(list(classes))} if classes else {}
+    for key, value in sorted({**metadata.to_props(), **hashes, **extra}.items()):
         config.parameters[key].string_value = value
     return text_format.MessageToString(config)
 
@@ -98,10 +104,11 @@ def export_to_repository(checkpoint: Path, repo: Path, name: str, options: Servi
     return model
 
 
-def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[[Path], ExportedModel]
-                ) -> RepositoryModel:
+def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[[Path], ExportedModel],
+                classes: tuple[str, ...] = ()) -> RepositoryModel:
     """The next version of model `name` in `repo`: `write(path)` writes and checks its model.onnx in a scratch
-    folder inside the model folder, which only then becomes the version folder; config.pbtxt is (re)written."""
+    folder inside the model folder, which only then becomes the version folder; config.pbtxt is (re)written (and a
+    classifier's labels.txt, `classes`)."""
     check_model_name(name)
     if options.max_batch_size < 1 or options.instances < 1:
         raise ValueError("--max-batch-size and --instances must be at least 1")
@@ -113,7 +120,7 @@ def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[
     try:
         scratch.chmod(default_mode(directory=True))
         exported = write(scratch / MODEL_FILE)
-        _check_compatible(model_dir, exported.metadata)
+        _check_compatible(model_dir, exported.metadata, classes)
         version = (versions(model_dir) or [0])[-1] + 1
         target = model_dir / str(version)
         scratch.rename(target)
@@ -124,18 +131,27 @@ def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[
         raise
     config_path = model_dir / CONFIG_FILE
     hashes = {sha256_parameter(v): sha256_of(model_dir / str(v) / MODEL_FILE) for v in versions(model_dir)}
-    atomic_write_text(config_path, triton_config(name, exported.metadata, options, hashes))
+    if classes:
+        atomic_write_text(model_dir / LABELS_FILE, "".join(f"{name}\n" for name in classes))
+    atomic_write_text(config_path, triton_config(name, exported.metadata, options, hashes, classes=classes))
     return RepositoryModel(name=name, version=version, model_path=target / MODEL_FILE, config_path=config_path,
                            export=dataclasses.replace(exported, path=target / MODEL_FILE))
 
 
-def _check_compatible(model_dir: Path, metadata: ModelMetadata) -> None:
-    """All versions of one Triton model share config.pbtxt, so their input and output shapes must agree."""
+def _check_compatible(model_dir: Path, metadata: ModelMetadata, classes: tuple[str, ...] = ()) -> None:
+    """All versions of one Triton model share config.pbtxt, so their input and output shapes (and a classifier's
+    classes) must agree."""
     import onnx
 
     existing = versions(model_dir)
     if not existing:
         return
+    labels = model_dir / LABELS_FILE
+    served_classes = tuple(labels.read_text().splitlines()) if labels.is_file() else ()
+    if served_classes != classes:
+        raise ValueError(f"{model_dir.name} version {existing[-1]} has the classes {list(served_classes) or 'none'}, "
+                         f"this model {list(classes) or 'none'}; all versions share one config.pbtxt: export under "
+                         "another --name")
     served_path = model_dir / str(existing[-1]) / MODEL_FILE
     try:
         served_model = onnx.load(str(served_path), load_external_data=False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.errors import first_line
-from simclr.export.layout import CONFIG_FILE, MODEL_FILE, read_config, versions
+from simclr.export.layout import CONFIG_FILE, LABELS_FILE, MODEL_FILE, read_config, versions
 from simclr.lifetime import die_with_parent, remove_orphaned
 from simclr.ports import PortInUseError, check_port_free
 
@@ -112,6 +112,8 @@ def _python_backend_repository(repo: Path, work: Path, options: ServerOptions) -
             config.parameters["onnxruntime_threads"].string_value = str(options.onnxruntime_threads)
         (generated / name).mkdir(parents=True)
         (generated / name / CONFIG_FILE).write_text(text_format.MessageToString(config))
+        if (source / LABELS_FILE).is_file():  # a classifier's class names, for the classification extension
+            shutil.copy(source / LABELS_FILE, generated / name / LABELS_FILE)
         for version in versions(source):
             folder = generated / name / str(version)
             folder.mkdir()

@@ -17,7 +17,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [output["name"] for output in config["output"]]
         folder = os.path.join(args["model_repository"], args["model_version"])
         options = onnxruntime.SessionOptions()
         threads = config.get("parameters", {}).get("onnxruntime_threads", {}).get("string_value")
@@ -30,10 +30,11 @@ class TritonPythonModel:
     def execute(self, requests):
         # Dynamic batching hands over several requests at once: one ONNX Runtime call for all of them.
         batches = [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
-        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(batches)})[0]
+        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(batches)})
         responses, start = [], 0
         for batch in batches:
-            rows = outputs[start:start + len(batch)]
+            tensors = [pb_utils.Tensor(name, output[start:start + len(batch)])
+                       for name, output in zip(self.output_names, outputs, strict=True)]
             start += len(batch)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, rows)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

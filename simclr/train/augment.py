@@ -228,3 +228,9 @@ def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Co
     if config.blur_p > 0:
         steps.append(RandomGaussianBlur(config.blur_p, config.blur_sigma, generator))
     return Compose(steps)
+
+
+def crop_and_flip(size: int, crop_scale: tuple[float, float], generator: torch.Generator) -> Compose:
+    """Fine-tuning's augmentation (SimCLR v1 B.5): a random resized crop and a horizontal flip, nothing else."""
+    return Compose([RandomResizedCrop(size, crop_scale, (3 / 4, 4 / 3), generator),
+                    RandomHorizontalFlip(0.5, generator)])

@@ -54,6 +54,8 @@ def resolve_checkpoint(source: Path) -> Path:
 def load_encoder(checkpoint: Path) -> tuple[ResNetEncoder, TrainConfig]:
     """Encoder f (eval mode) and the run's config from a training checkpoint."""
     state = load_checkpoint(checkpoint)
+    if state.get("kind") == "finetune":
+        raise CheckpointError(f"{checkpoint}: a fine-tuning run; export its classifier with --classifier")
     try:
         config = TrainConfig.from_dict(state["config"])
         encoder = ResNetEncoder(config.model)

@@ -26,7 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt")
 
 
-def _option(default: Any, help: str, choices: tuple[str, ...] | None = None, resumable: bool = False) -> Any:
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, resumable: bool = False) -> Any:
     """A recipe field that `simclr train` exposes as an option. `resumable`: --resume may change it (it drives the
     run without changing what it computes)."""
     return field(default=default, metadata={"help": help, "choices": choices, "resumable": resumable})
@@ -36,16 +36,16 @@ def _option(default: Any, help: str, choices: tuple[str, ...] | None = None, res
 class AugmentConfig:
     """The two-view augmentation of the paper (appendix A)."""
 
-    image_size: int = _option(32, "Side of the augmented views in pixels. [default: 32 cifar, 64 photo, 224 "
+    image_size: int = setting(32, "Side of the augmented views in pixels. [default: 32 cifar, 64 photo, 224 "
                                   "imagenet]")
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
-    color_strength: float = _option(0.5, "Colour distortion strength s. [default: 0.5 cifar, 1.0 photo and "
+    color_strength: float = setting(0.5, "Colour distortion strength s. [default: 0.5 cifar, 1.0 photo and "
                                          "imagenet]")
     color_p: float = 0.8
     grayscale_p: float = 0.2
-    blur_p: float = _option(0.0, "Gaussian blur probability (kernel 10% of the side). [default: 0 cifar, 0.5 photo "
+    blur_p: float = setting(0.0, "Gaussian blur probability (kernel 10% of the side). [default: 0 cifar, 0.5 photo "
                                  "and imagenet]")
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
@@ -54,17 +54,17 @@ class AugmentConfig:
 class ModelConfig:
     """Encoder f (ResNet) and projection head g (MLP)."""
 
-    arch: str = _option("resnet18", "Encoder f.", ARCHITECTURES)
-    stem: str = _option("cifar", "First layer of f. cifar: 3x3 conv, stride 1, no max-pool (32 px images). small: "
+    arch: str = setting("resnet18", "Encoder f.", ARCHITECTURES)
+    stem: str = setting("cifar", "First layer of f. cifar: 3x3 conv, stride 1, no max-pool (32 px images). small: "
                                  "3x3 conv, stride 2, no max-pool (64 px photos: 32x32 maps). imagenet: 7x7 conv, "
                                  "stride 2, max-pool (224 px). [default: cifar; small for photo; imagenet for "
                                  "imagenet]", STEMS)
-    width: float = _option(1.0, "Channel width multiplier of f (0.25 = a quarter of the channels).")
-    head_hidden: int = _option(0, "Hidden width of g (0: the encoder's dimension D, as the paper; solo-learn uses "
+    width: float = setting(1.0, "Channel width multiplier of f (0.25 = a quarter of the channels).")
+    head_hidden: int = setting(0, "Hidden width of g (0: the encoder's dimension D, as the paper; solo-learn uses "
                                   "2048).")
-    head_out: int = _option(128, "Output dimension of g (solo-learn uses 256).")
-    head_layers: int = _option(2, "Linear layers in g.")
-    head_batch_norm: bool = _option(True, "Batch norm in g's hidden layers.")
+    head_out: int = setting(128, "Output dimension of g (solo-learn uses 256).")
+    head_layers: int = setting(2, "Linear layers in g.")
+    head_batch_norm: bool = setting(True, "Batch norm in g's hidden layers.")
     mean: tuple[float, float, float] = CIFAR_MEAN
     std: tuple[float, float, float] = CIFAR_STD
 
@@ -73,58 +73,59 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule; lr = base_lr x batch/256 (or x sqrt(batch/256))."""
 
-    optimizer: str = _option("lars", "Optimiser (LARS as the paper; biases and norm parameters are excluded from "
+    optimizer: str = setting("lars", "Optimiser (LARS as the paper; biases and norm parameters are excluded from "
                                       "weight decay and adaptation).", OPTIMIZERS)
-    base_lr: float = _option(0.3, "Learning rate per 256 images: lr = base x batch/256 (or x sqrt(batch/256) with "
+    base_lr: float = setting(0.3, "Learning rate per 256 images: lr = base x batch/256 (or x sqrt(batch/256) with "
                                   "--lr-scaling sqrt).")
-    lr_scaling: str = _option("linear", "How the learning rate grows with the batch.", LR_SCALINGS)
-    weight_decay: float = _option(1e-4, "Weight decay (not on biases and norm parameters). [default: 1e-4 cifar and "
+    lr_scaling: str = setting("linear", "How the learning rate grows with the batch.", LR_SCALINGS)
+    weight_decay: float = setting(1e-4, "Weight decay (not on biases and norm parameters). [default: 1e-4 cifar and "
                                         "photo, 1e-6 imagenet; see --preset]")
     momentum: float = 0.9
+    nesterov: bool = False  # SGD only (fine-tuning uses it, as SimCLR v1)
     trust_coefficient: float = 0.001
-    warmup_epochs: float = _option(10.0, "Linear warm-up epochs before the cosine decay.")
+    warmup_epochs: float = setting(10.0, "Linear warm-up epochs before the cosine decay.")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; saved as config.json beside every checkpoint."""
 
-    data: str = _option("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root) or a folder of "
+    data: str = setting("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root) or a folder of "
                                    "images, searched recursively; labels are not used. Required for a new run; a "
                                    "resumed run reads it from its config.")
-    data_root: str | None = _option(None, "Folder holding torchvision's files for --data cifar10/cifar100/stl10 "
+    data_root: str | None = setting(None, "Folder holding torchvision's files for --data cifar10/cifar100/stl10 "
                                           "(e.g. what ../shared/data/cifar10.py batches DIR writes).")
-    preset: str = _option("cifar", "Recipe defaults. cifar: 32 px, CIFAR stem, colour strength 0.5, no blur, tau "
+    preset: str = setting("cifar", "Recipe defaults. cifar: 32 px, CIFAR stem, colour strength 0.5, no blur, tau "
                                    "0.5, weight decay 1e-4 (the paper's CIFAR recipe; decay as google-research/"
                                    "simclr's CIFAR command and solo-learn). imagenet: 224 px, standard stem, strength "
                                    "1.0, blur p=0.5, tau 0.1, decay 1e-6 (the paper's ImageNet recipe at batch "
                                    "4096). photo: 64 px, small stem, the ImageNet augmentation and mean/std, tau 0.2, "
                                    "decay 1e-4 (for small photos such as Tiny ImageNet; tau and decay as solo-learn). "
                                    "[default: cifar when --image-size <= 64, else imagenet]", PRESETS)
-    decode_size: int = _option(32, "Folder images are decoded (shorter side + centre crop) to this square before "
+    decode_size: int = setting(32, "Folder images are decoded (shorter side + centre crop) to this square before "
                                    "cropping. [default: image size, or x256/224 above 64 px]")
-    batch_size: int = _option(512, "Global batch (all processes together); the paper uses 4096.")
-    epochs: int = _option(100, "Epochs; sets the length of the cosine schedule.")
-    max_steps: int | None = _option(None, "Stop after this many optimiser steps, saving a resumable checkpoint "
+    batch_size: int = setting(512, "Global batch (all processes together); the paper uses 4096.")
+    epochs: int = setting(100, "Epochs; sets the length of the cosine schedule.")
+    max_steps: int | None = setting(None, "Stop after this many optimiser steps, saving a resumable checkpoint "
                                           "(smoke runs, benchmarks). [default: no limit]", resumable=True)
-    temperature: float = _option(0.5, "NT-Xent temperature tau (solo-learn uses 0.2 on short schedules). [default: "
+    temperature: float = setting(0.5, "NT-Xent temperature tau (solo-learn uses 0.2 on short schedules). [default: "
                                       "0.5 cifar, 0.2 photo, 0.1 imagenet]")
-    seed: int = _option(0, "Seed for weights, shuffling and augmentation.")
-    workers: int = _option(2, "Decoding processes for folder data.", resumable=True)
-    in_memory: bool | None = _option(None, "Decode folder data once into memory (uint8) instead of every epoch. "
+    seed: int = setting(0, "Seed for weights, shuffling and augmentation.")
+    workers: int = setting(2, "Decoding processes for folder data.", resumable=True)
+    in_memory: bool | None = setting(None, "Decode folder data once into memory (uint8) instead of every epoch. "
                                            "[default: when it fits in half the free memory]")
-    precision: str = _option("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a gradient scaler.", PRECISIONS)
-    channels_last: bool | None = _option(None, "channels_last memory format. [default: on for CUDA]")
-    compile: bool = _option(False, "torch.compile the model (slow start, faster steps).")
-    sync_batch_norm: bool = _option(True, "Global batch norm across processes under torchrun.")
-    save_every_minutes: float = _option(0.0, "Also save last.pt on this timer (0: only at epoch ends and on "
+    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a gradient scaler.", PRECISIONS)
+    channels_last: bool | None = setting(None, "channels_last memory format. [default: on for CUDA]")
+    compile: bool = setting(False, "torch.compile the model (slow start, faster steps).")
+    sync_batch_norm: bool = setting(True, "Global batch norm across processes under torchrun.")
+    save_every_minutes: float = setting(0.0, "Also save last.pt on this timer (0: only at epoch ends and on "
                                              "SIGINT/SIGTERM).", resumable=True)
-    log_every: int = _option(10, "Steps between metrics.jsonl lines.", resumable=True)
-    knn_every: int = _option(0, "Measure kNN top-1 every N epochs (0: never).", resumable=True)
-    knn_data: str | None = _option(None, "Labelled set for the kNN monitor: cifar10, cifar100, stl10 or a folder "
+    log_every: int = setting(10, "Steps between metrics.jsonl lines.", resumable=True)
+    knn_every: int = setting(0, "Measure kNN top-1 every N epochs (0: never).", resumable=True)
+    knn_data: str | None = setting(None, "Labelled set for the kNN monitor: cifar10, cifar100, stl10 or a folder "
                                          "with train/ and test/ class folders. [default: --data]")
-    knn_samples: int = _option(10000, "Train images in the kNN memory (a fifth as many queries).")
-    device: str = _option("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
+    knn_samples: int = setting(10000, "Train images in the kNN memory (a fifth as many queries).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -134,7 +135,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, _upgrade(values))
+        return dataclass_from_dict(cls, _upgrade(values))
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -228,24 +229,25 @@ def build_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     image_size = values["augment.image_size"]
     # Larger images are decoded a little bigger than the crop, as ImageNet pipelines resize to 256 for 224.
     values.setdefault("decode_size", image_size if image_size <= 64 else round(image_size * 256 / 224))
-    config = _from_dict(TrainConfig, _nest(values))
+    config = dataclass_from_dict(TrainConfig, _nest(values))
     validate(config)
     return config
 
 
-def replace(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """A copy of `config` with dotted overrides applied (None values ignored)."""
+def replace(config, overrides: dict[str, Any]):
+    """A copy of `config` (a TrainConfig or any recipe of the same kind) with dotted overrides applied (None values
+    ignored)."""
     merged = _flatten(dataclasses.asdict(config))
     merged.update({key: value for key, value in overrides.items() if value is not None})
-    return _from_dict(TrainConfig, _nest(merged))
+    return dataclass_from_dict(type(config), _nest(merged))
 
 
-def resumed(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+def resumed(saved, overrides: dict[str, Any]):
     """The config a resumed run continues with: `saved`, plus the dotted overrides --resume allows (max_steps,
     workers, save_every_minutes, log_every, knn_every, device). Any other override must equal the saved value,
     else ValueError names the option; None values are ignored."""
     current = _flatten(dataclasses.asdict(saved))
-    options = {option.key: option for option in recipe_options()}
+    options = {option.key: option for option in recipe_options(type(saved))}
     changes = {}
     for key, value in overrides.items():
         if value is None:
@@ -318,7 +320,7 @@ def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _from_dict(cls: type, values: dict[str, Any]):
+def dataclass_from_dict(cls: type, values: dict[str, Any]):
     """Build a (nested) frozen dataclass from plain JSON values; lists become tuples; unknown keys are errors."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
@@ -328,7 +330,7 @@ def _from_dict(cls: type, values: dict[str, Any]):
     for name, value in values.items():
         default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if default is not None and dataclasses.is_dataclass(default):
-            value = _from_dict(default, value)
+            value = dataclass_from_dict(default, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

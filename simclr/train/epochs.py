@@ -4,6 +4,7 @@ the curves PNG. A subclass says what one step does, what a checkpoint holds and 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from simclr.train import distributed
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from simclr.train.monitor import MetricsLog, ThroughputWindow
 from simclr.train.runtime import SaveTimer, StopSignals
+
+log = logging.getLogger("simclr")
 
 METRICS_NAME = "metrics.jsonl"
 CURVE_NAME = "training_curves.png"
@@ -69,6 +72,25 @@ class EpochLoop:
 
     def end_of_epoch(self, record: dict) -> None:
         """Add what an epoch's end measures (evaluation, kNN) to its metrics record."""
+
+    def loop_state(self, epoch: int) -> dict:
+        """What a checkpoint holds besides the model: optimiser, gradient scaler, position, this epoch's step values
+        and the RNG states (every rank's augmentation generator: collective). Needs `optimizer`, `scaler` and
+        `augment_generator`."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "step": self.step, "epoch_steps": [list(values) for values in self.epoch_steps],
+                "rng": {"augment": gather_generator_states(self.augment_generator), "torch": torch.get_rng_state()}}
+
+    def restore_loop_state(self, state: dict) -> None:
+        """Continue from a checkpoint's `loop_state`."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.epoch_steps = [tuple(values) for values in state.get("epoch_steps", [])]
+        augment_states = state["rng"]["augment"]
+        self.augment_generator.set_state(augment_states[distributed.rank() % len(augment_states)])
+        torch.set_rng_state(state["rng"]["torch"])
+        log.info("resuming %s at epoch %d, step %d", self.out, self.epoch + 1, self.step)
 
     def run_epochs(self) -> tuple[tuple[float, ...], float]:
         """Train to the end (config.json, metrics, checkpoints, curves); returns the last step's values and the

@@ -19,7 +19,7 @@ from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from simclr.train.config import TrainConfig, resumed
-from simclr.train.epochs import EpochLoop, TrainingError, gather_generator_states
+from simclr.train.epochs import EpochLoop, TrainingError
 from simclr.train.loss import contrastive_step
 from simclr.train.model import SimCLRModel
 from simclr.train.monitor import KnnMonitor
@@ -128,31 +128,15 @@ class Trainer(EpochLoop):
         state = load_checkpoint(self.checkpoint_path)
         self.model.encoder.load_state_dict(state["encoder"])
         self.model.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.epoch_steps = [tuple(pair) for pair in state.get("epoch_steps", [])]
-        augment_states = state["rng"]["augment"]
-        self.augment_generator.set_state(augment_states[distributed.rank() % len(augment_states)])
-        torch.set_rng_state(state["rng"]["torch"])
-        log.info("resuming %s at epoch %d, step %d", self.out, self.epoch + 1, self.step)
+        self.restore_loop_state(state)
 
     def save(self, epoch: int) -> None:
         """Save everything needed to continue exactly from here. Collective: every rank calls it, rank 0 writes."""
-        augment_states = gather_generator_states(self.augment_generator)
-        if not self.is_main:
-            return
-        save_checkpoint(self.checkpoint_path, {
-            "config": dataclasses.asdict(self.config),
-            "encoder": self.model.encoder.state_dict(),
-            "head": self.model.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "step": self.step,
-            "epoch_steps": [list(pair) for pair in self.epoch_steps],
-            "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
-        })
+        loop_state = self.loop_state(epoch)
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, {"config": dataclasses.asdict(self.config),
+                                                   "encoder": self.model.encoder.state_dict(),
+                                                   "head": self.model.head.state_dict(), **loop_state})
 
     def train_step(self, images: torch.Tensor) -> tuple[float, float]:
         """One optimiser step on a uint8 batch [n, 3, H, W]; returns (loss, contrastive accuracy)."""

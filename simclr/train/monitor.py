@@ -64,21 +64,27 @@ class KnnMonitor:
         self.image_size = config.augment.image_size
         self.device = device
 
-    @torch.no_grad()
-    def _features(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for start in range(0, len(images), 512):
-            batch = images[start:start + 512].to(self.device).float() / 255.0
-            if batch.shape[-1] != self.image_size:
-                batch = F.interpolate(batch, size=self.image_size, mode="bilinear", antialias=True)
-            rows.append(encoder.features(batch).float().cpu())
-        return torch.cat(rows)
-
     def __call__(self, encoder: nn.Module) -> float:
         was_training = encoder.training
         encoder.eval()
         try:
-            return knn_top1(self._features(encoder, self.train.images), self.train.labels,
-                            self._features(encoder, self.test.images), self.test.labels, self.num_classes)
+            return knn_top1(encode_images(encoder.features, self.train.images, self.image_size, self.device),
+                            self.train.labels,
+                            encode_images(encoder.features, self.test.images, self.image_size, self.device),
+                            self.test.labels, self.num_classes)
         finally:
             encoder.train(was_training)
+
+
+@torch.no_grad()
+def encode_images(network, images: torch.Tensor, image_size: int, device: torch.device,
+                  batch_size: int = 512) -> torch.Tensor:
+    """`network` (float images [n, 3, S, S] in [0, 1] -> [n, ...]) over uint8 images [N, 3, H, W], in batches,
+    resized to `image_size` where they differ; float32 on the CPU."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device).float() / 255.0
+        if batch.shape[-1] != image_size:
+            batch = F.interpolate(batch, size=image_size, mode="bilinear", antialias=True)
+        rows.append(network(batch).float().cpu())
+    return torch.cat(rows)

@@ -81,7 +81,8 @@ def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int) -> t
     for group in groups:
         group.pop("exclude")
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=config.nesterov)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr, weight_decay=config.weight_decay)
     raise ValueError(f"--optimizer {config.optimizer!r}: choose one of lars, sgd, adamw")

@@ -1,0 +1,1 @@
+"""Fine-tuning a pre-trained encoder on a few labels (SimCLR's semi-supervised protocol) into a classifier."""

@@ -1,0 +1,151 @@
+"""simclr finetune: the labelled subset, the start from a checkpoint or an exported model (folded or not), the run,
+its resume, the baselines of --compare, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from simclr.cli.app import app
+from simclr.embed.onnx_encoder import OnnxEncoder
+from simclr.finetune.labels import balanced_rows, data_split, rows_from_labels_file
+from simclr.finetune.onnx_weights import calibrate_folded_batch_norm, read_onnx_encoder
+from simclr.train.checkpoint import load_checkpoint
+from simclr.train.model import UInt8Encoder
+
+from conftest import COLOURS
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "model_repository" / "simclr_resnet18"
+# A few steps of a 1/8-width encoder on a generated 3-class set: with 8 labels a class, 3 steps an epoch.
+QUICK = ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--log-every", "1"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["finetune", *args])
+
+
+def test_the_labelled_subset_is_class_balanced_and_seeded(labelled_folder: Path, tmp_path: Path) -> None:
+    split = data_split(str(labelled_folder), None, True, 32, workers=0)
+    rows = balanced_rows(split.labels, len(split.classes), 5, seed=3)
+    assert np.bincount(split.labels[rows]).tolist() == [5, 5, 5]
+    assert rows.tolist() == balanced_rows(split.labels, 3, 5, seed=3).tolist()
+    assert rows.tolist() != balanced_rows(split.labels, 3, 5, seed=4).tolist()
+
+
+def test_finetune_from_a_checkpoint_writes_the_run_and_compares(contract_run: Path, labelled_folder: Path,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _invoke(str(contract_run), "--data", str(labelled_folder), "--labels-per-class", "8", *QUICK,
+                     "--out", str(out), "--compare", "--json")
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout[result.stdout.index("{"):])
+    for key in ("finetune", "scratch", "linear"):
+        assert 0 <= results[key]["top1"] <= results[key]["top5"] <= 1
+    assert results["labelled_images"] == 24 and results["classes"] == sorted(COLOURS)
+    assert set(results["finetune"]["per_class"]) == set(COLOURS)
+    assert {"labelled_images.txt", "last.pt", "config.json", "metrics.jsonl", "training_curves.png", "confusion.png",
+            "results.json", "README.md", "scratch"} <= {path.name for path in out.iterdir()}
+    lines = [line for line in (out / "labelled_images.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(lines) == 24 and all(line.split("\t")[1] == line.split("/")[0] for line in lines)
+    # The scratch baseline trained on the same labels, with the same schedule.
+    assert (out / "scratch" / "labelled_images.txt").read_text().splitlines()[2:] == lines
+    assert results["scratch"]["steps"] == results["finetune"]["steps"] == 6
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_layers_kept"] == 1 and config["epochs"] == 2 and config["weight_decay"] == 0
+    assert "fine-tuned" in (out / "README.md").read_text()
+
+
+def test_labels_file_reuses_the_labelled_images(contract_run: Path, labelled_folder: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [str(contract_run), "--data", str(labelled_folder), *QUICK, "--max-steps", "1"]
+    assert _invoke(*common, "--label-fraction", "0.25", "--seed", "5", "--out", str(first)).exit_code == 0
+    reused = _invoke(*common, "--labels-file", str(first / "labelled_images.txt"), "--out", str(second))
+    assert reused.exit_code == 0, reused.output
+    assert (second / "labelled_images.txt").read_text().splitlines()[2:] == \
+        (first / "labelled_images.txt").read_text().splitlines()[2:]
+    split = data_split(str(labelled_folder), None, True, 32, workers=0)
+    assert len(rows_from_labels_file(first / "labelled_images.txt", split)) == 12  # 25% of 48, 4 a class
+    probe = CliRunner().invoke(app, ["probe", "--train", str(labelled_folder / "train"), "--test",
+                                     str(labelled_folder / "test"), "--checkpoint", str(contract_run),
+                                     "--labels-file", str(first / "labelled_images.txt"), "--knn-k", "5", "--json"])
+    assert probe.exit_code == 0, probe.output
+    assert json.loads(probe.stdout[probe.stdout.index("{"):])["n_train"] == 12
+
+
+def test_resume_continues_exactly(contract_run: Path, labelled_folder: Path, tmp_path: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = [str(contract_run), "--data", str(labelled_folder), "--labels-per-class", "8", *QUICK]
+    assert _invoke(*common, "--out", str(whole)).exit_code == 0
+    assert _invoke(*common, "--max-steps", "4", "--out", str(split)).exit_code == 0  # stops mid-epoch
+    assert load_checkpoint(split / "last.pt")["step"] == 4
+    resumed = _invoke("--out", str(split), "--resume", "--max-steps", "6")  # the rest comes from the run
+    assert resumed.exit_code == 0, resumed.output
+    expected, actual = (load_checkpoint(run / "last.pt")["classifier"] for run in (whole, split))
+    assert load_checkpoint(split / "last.pt")["step"] == 6
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_an_unfolded_export_reads_back_to_the_same_encoder(learned_repo: Path) -> None:
+    read = read_onnx_encoder(learned_repo / "tiny")
+    assert not read.folded
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ours = UInt8Encoder(read.encoder)(torch.from_numpy(images)).numpy()
+    assert np.abs(ours - OnnxEncoder(learned_repo / "tiny").embed(images)).max() <= 1e-4
+
+
+def test_the_folded_default_model_reads_back_and_keeps_its_function_in_train_mode(cifar_root: Path) -> None:
+    read = read_onnx_encoder(DEFAULT_MODEL)
+    assert read.folded
+    split = data_split("cifar10", cifar_root, True, 32)
+    images = split.load(np.arange(64)).images
+    pixels = images.permute(0, 2, 3, 1).contiguous()
+    reference = OnnxEncoder(DEFAULT_MODEL).embed(pixels.numpy())
+    calibrate_folded_batch_norm(read.encoder, images.float() / 255)
+    with torch.no_grad():
+        in_eval = UInt8Encoder(read.encoder.eval())(pixels).numpy()
+        in_train = read.encoder.train().features(images.float() / 255).numpy()
+    assert np.abs(in_eval - reference).max() <= 1e-4
+    assert np.abs(in_train - reference).max() <= 1e-4
+
+
+def test_finetune_from_the_exported_default_model(labelled_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _invoke(str(DEFAULT_MODEL), "--data", str(labelled_folder), *QUICK, "--max-steps", "2",
+                     "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_layers_kept"] == 0 and config["model"]["arch"] == "resnet18"
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--label-fraction", "0"], "--label-fraction 0.0: must be in (0, 1]"),
+    (["--label-fraction", "0.1", "--labels-per-class", "2"], "--label-fraction and --labels-per-class"),
+    (["--labels-file", "/nonexistent.txt"], "--labels-file /nonexistent.txt: no such file"),
+    (["--head-layers-kept", "1"], "is an exported model, which has no projection head g"),
+    (["--data", "/nonexistent"], "--data /nonexistent: no /nonexistent/train"),
+])
+def test_bad_input_is_one_line(labelled_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    data = [] if "--data" in args else ["--data", str(labelled_folder)]
+    result = _invoke(str(DEFAULT_MODEL), *data, *args, *QUICK, "--out", str(out))
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.output.count("\n") == 1
+    assert not (out / "last.pt").exists()
+
+
+def test_a_labels_file_of_other_data_is_refused(labelled_folder: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labelled_images.txt"
+    labels.write_text("# other\nred/00.png\tgreen\n")
+    result = _invoke(str(DEFAULT_MODEL), "--data", str(labelled_folder), "--labels-file", str(labels), *QUICK,
+                     "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert f"{labels}:2: image 'red/00.png' has class 'red' here, not 'green'" in result.output
