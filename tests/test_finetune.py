@@ -4,6 +4,9 @@ its resume, the baselines of --compare, and bad input."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +93,20 @@ def test_resume_continues_exactly(contract_run: Path, labelled_folder: Path, tmp
     assert load_checkpoint(split / "last.pt")["step"] == 6
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_torchrun_fine_tunes_with_two_gloo_processes(contract_run: Path, labelled_folder: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "simclr", "finetune",
+               str(contract_run), "--data", str(labelled_folder), "--labels-per-class", "8", *QUICK, "--device",
+               "cpu", "--out", str(out), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout[result.stdout.index("{"):])  # rank 0 alone prints
+    assert results["finetune"]["steps"] == 6 and results["finetune"]["batch_size"] == 8
+    assert load_checkpoint(out / "last.pt")["step"] == 6
 
 
 def test_an_unfolded_export_reads_back_to_the_same_encoder(learned_repo: Path) -> None:

@@ -20,6 +20,13 @@ def test_parameter_groups_put_biases_and_norm_parameters_apart() -> None:
     assert len(excluded["params"]) == 3 and excluded["exclude"] and excluded["weight_decay"] == 0.0
 
 
+def test_parameter_groups_leave_an_unadapted_module_apart() -> None:
+    model = nn.Sequential(_layer(), nn.Linear(3, 2))  # the last layer: a fine-tuned classifier starting at zero
+    regular, excluded = parameter_groups(model, unadapted=model[1])
+    assert [p.shape for p in regular["params"]] == [torch.Size([3, 4])]
+    assert any(p is model[1].weight for p in excluded["params"])
+
+
 def test_lars_step_follows_the_trust_ratio_formula() -> None:
     lr, wd, eta = 0.5, 0.1, 0.001
     weight = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5

@@ -1,10 +1,13 @@
-"""The fine-tuning recipe (SimCLR v1 appendix B.5, SimCLRv2 section 4) as a frozen dataclass, saved with each run.
+"""The fine-tuning recipe (SimCLRv2 section 4; SimCLR v1 appendix B.5) as a frozen dataclass, saved with each run.
 
-The papers' recipe, each part an option: Nesterov-momentum SGD (v1; LARS in v2), learning rate 0.05 x batch/256
-(v1: 0.8 at batch 4096; v2: 0.005 x sqrt(batch) with LARS, i.e. --optimizer lars --lr-scaling sqrt --base-lr 0.08),
-no weight decay and no warm-up, only random crops and horizontal flips, batch norm in train mode, a zero-initialised
-linear classifier trained with cross-entropy, 60 epochs with 1% of the labels and 30 with 10%. The papers' batches
-(1,024-4,096) are larger than a small labelled set; 64 gives 500 labelled images 7 steps an epoch.
+The papers' recipe, each part an option: LARS at 0.005 x sqrt(batch) (SimCLRv2; `--base-lr 0.08 --lr-scaling sqrt`
+is that rule in this tool's per-256 form), or Nesterov-momentum SGD at 0.05 x batch/256 (SimCLR v1: `--optimizer sgd
+--lr-scaling linear --base-lr 0.05`); no weight decay and no warm-up; only random crops and horizontal flips; batch
+norm in train mode; a zero-initialised linear classifier trained with cross-entropy (left out of LARS's adaptation,
+as SimCLR's code does); fine-tuned from the first layer of the projection head g where g is there (SimCLRv2); 60
+epochs with 1% of the labels and 30 with 10%. The papers' batches (1,024-4,096) are larger than a small labelled
+set; 64 gives 500 labelled images 7 steps an epoch. On CIFAR-10 at 1% (500 labels) the SimCLRv2 recipe read 68.98%
+top-1 and the v1 recipe 67.92%, on the same labels (README).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from simclr.train.config import LR_SCALINGS, PRECISIONS, ModelConfig, OptimConfig, dataclass_from_dict, setting
 
-FINETUNE_OPTIMIZERS = ("sgd", "lars")
+FINETUNE_OPTIMIZERS = ("lars", "sgd")
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,11 @@ class FinetuneConfig:
     epochs: int | None = setting(None, "Epochs over the labelled images. [default: 60 with at most 1% of the "
                                             "labels, else 30 (SimCLR v1 B.5, SimCLRv2 4)]")
     batch_size: int = setting(64, "Global batch (all processes together), capped at the labelled image count.")
-    optimizer: str = setting("sgd", "sgd: Nesterov momentum (SimCLR v1); lars: LARS (SimCLRv2).",
-                                  FINETUNE_OPTIMIZERS)
-    base_lr: float = setting(0.05, "Learning rate per 256 images: lr = base x batch/256 (or x sqrt(batch/256) "
-                                        "with --lr-scaling sqrt).")
-    lr_scaling: str = setting("linear", "How the learning rate grows with the batch.", LR_SCALINGS)
+    optimizer: str = setting("lars", "lars: LARS (SimCLRv2); sgd: Nesterov momentum (SimCLR v1, with --lr-scaling "
+                                     "linear --base-lr 0.05).", FINETUNE_OPTIMIZERS)
+    base_lr: float = setting(0.08, "Learning rate per 256 images: lr = base x sqrt(batch/256) (0.08: SimCLRv2's "
+                                   "0.005 x sqrt(batch)), or x batch/256 with --lr-scaling linear.")
+    lr_scaling: str = setting("sqrt", "How the learning rate grows with the batch.", LR_SCALINGS)
     momentum: float = setting(0.9, "Momentum.")
     weight_decay: float = setting(0.0, "Weight decay (the papers use none when fine-tuning).")
     warmup_epochs: float = setting(0.0, "Linear warm-up epochs before the cosine decay (the papers: none).")

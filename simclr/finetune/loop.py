@@ -55,7 +55,9 @@ class FineTuner(EpochLoop):
         if self.world > 1 and config.sync_batch_norm:
             self.model = distributed.convert_batch_norm(self.model, device)
         self.model.to(device)
-        self.optimizer = build_optimizer(self.model, config.optim, config.batch_size)
+        # The classifier starts at zero, where LARS's trust ratio would keep it: as SimCLR's code, no adaptation
+        # and no weight decay for it.
+        self.optimizer = build_optimizer(self.model, config.optim, config.batch_size, unadapted=self.model.linear)
         self.schedule = warmup_cosine(peak_learning_rate(config.optim, config.batch_size), total_steps,
                                       round(config.warmup_epochs * self.steps_per_epoch))
         self.autocast, self.scaler = mixed_precision(device, config.precision)

@@ -57,12 +57,14 @@ def trust_ratio(param: torch.Tensor, update: torch.Tensor, trust_coefficient: fl
     return torch.where((weight_norm > 0) & (update_norm > 0), ratio, torch.ones_like(ratio))
 
 
-def parameter_groups(model: nn.Module) -> list[dict]:
-    """Two groups: weights (decayed, adapted) and biases + norm parameters (`exclude`: neither)."""
+def parameter_groups(model: nn.Module, unadapted: nn.Module | None = None) -> list[dict]:
+    """Two groups: weights (decayed, adapted) and biases + norm parameters + the parameters of `unadapted`
+    (`exclude`: neither)."""
+    plain = {id(param) for param in unadapted.parameters()} if unadapted is not None else set()
     regular, excluded = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (excluded if param.ndim <= 1 else regular).append(param)
+            (excluded if param.ndim <= 1 or id(param) in plain else regular).append(param)
     return [{"params": regular, "exclude": False}, {"params": excluded, "exclude": True, "weight_decay": 0.0}]
 
 
@@ -72,9 +74,10 @@ def peak_learning_rate(config: OptimConfig, batch_size: int) -> float:
     return config.base_lr * (math.sqrt(ratio) if config.lr_scaling == "sqrt" else ratio)
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum) or AdamW over `parameter_groups(model)`, at the peak learning rate."""
-    groups = parameter_groups(model)
+def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int,
+                    unadapted: nn.Module | None = None) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum) or AdamW over `parameter_groups(model, unadapted)`, at the peak learning rate."""
+    groups = parameter_groups(model, unadapted)
     lr = peak_learning_rate(config, batch_size)
     if config.optimizer == "lars":
         return LARS(groups, lr, config.momentum, config.weight_decay, config.trust_coefficient)
