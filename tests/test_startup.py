@@ -34,7 +34,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_help_and_every_command_help_import_no_torch(work: Path) -> None:
     _run("main", ["--help"], work)
-    for command in ("train", "export", "serve", "embed", "index", "search", "probe", "demo"):
+    for command in ("train", "export", "serve", "embed", "index", "search", "probe", "demo", "search-server",
+                    "finetune", "classify", "quantize"):
         _run("main", [command, "--help"], work)
 
 
@@ -43,3 +44,10 @@ def test_embed_index_and_search_import_no_torch(work: Path) -> None:
     _run("main", ["index", "feats.npy"], work)
     _run("search_main", ["images/0.png", "--index", "feats.npy", "-k", "3"], work)
     assert (work / "feats.faiss").is_file()
+
+
+def test_classify_with_onnx_runtime_imports_no_torch(work: Path, finetuned_run: Path) -> None:
+    from simclr.export.classifier import export_classifier
+
+    export_classifier(finetuned_run, work / "repo", "colours", bytes_model=None)
+    _run("main", ["classify", "images", "--model", str(work / "repo" / "colours"), "--workers", "0"], work)
