@@ -11,6 +11,7 @@ from simclr.cli.classify import classify_command
 from simclr.cli.embed import embed_command
 from simclr.cli.export import export_command
 from simclr.cli.finetune import finetune_command
+from simclr.cli.merge import merge_command
 from simclr.cli.probe import probe_command
 from simclr.cli.quantize import quantize_command
 from simclr.cli.search import index_command, search_command
@@ -31,6 +32,7 @@ app.command("export")(export_command)
 app.command("quantize")(quantize_command)
 app.command("serve")(serve_command)
 app.command("embed")(embed_command)
+app.command("merge")(merge_command)
 app.command("index")(index_command)
 app.command("search")(search_command)
 app.command("search-server")(search_server_command)

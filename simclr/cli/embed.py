@@ -12,6 +12,7 @@ from simclr.cli.options import with_encoder_options
 from simclr.data.images import NoImagesError
 from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.runner import embed_images
+from simclr.embed.shards import parse_shard
 
 Option = typer.Option
 
@@ -30,6 +31,9 @@ def embed_command(
                       ] = False,
     strict: Annotated[bool, Option(help="Exit with status 1 when any image cannot be decoded (the outputs are "
                                         "still written).")] = False,
+    shard: Annotated[str | None, Option(help="K/N: run job K of N (from 0), embedding every N-th image of the sorted "
+                                             "list from the K-th, into OUT's stem + -K-of-N.npy; simclr merge joins "
+                                             "the N parts. [default: the whole list]")] = None,
     json_output: Annotated[bool, Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Embed image files and folders with the encoder: writes feats.npy (row i = image i) and feats.jsonl.
@@ -38,8 +42,9 @@ def embed_command(
     """
     setup_logging()
     with user_errors(EncoderError, NoImagesError):
+        part = parse_shard(shard) if shard is not None else None
         model = encoder.open()
-        result = embed_images(images, out, model, batch_size, workers, normalize, resume)
+        result = embed_images(images, out, model, batch_size, workers, normalize, resume, shard=part)
     summary = {"features": str(result.features), "sidecar": str(result.sidecar), "rows": result.rows,
                "failed": result.failed, "failures": [{"path": p, "error": e} for p, e in result.failures],
                "seconds": result.seconds, "images_per_second": result.images_per_second,

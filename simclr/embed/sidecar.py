@@ -29,6 +29,17 @@ def sidecar_path(features_path: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Job `index` of `count`: image i of the whole list belongs to job i mod count. `images` and `listing_sha256`
+    are the whole list's, so that `simclr merge` can check the parts belong together."""
+
+    index: int
+    count: int
+    images: int
+    listing_sha256: str
+
+
+@dataclass(frozen=True)
 class FeaturesHeader:
     """The sidecar's header record: the model's identity and where it ran, the inputs as given, the working
     directory they are relative to, whether rows are L2-normalised, and how many images the inputs hold."""
@@ -40,15 +51,18 @@ class FeaturesHeader:
     normalized: bool
     images: int
     listing_sha256: str = ""  # of the image paths in input order: --resume needs the very same list
-
+    shard: Shard | None = None  # a job of `simclr-embed --shard K/N`: which part, and the whole list it is part of
 
     def to_json(self) -> dict[str, Any]:
         model = {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256,
                  "image_size": self.model.image_size, "embedding_dim": self.model.embedding_dim,
                  "source": self.model_source}
-        return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "model": model, "inputs": list(self.inputs),
-                "cwd": self.cwd, "normalized": self.normalized, "images": self.images,
-                "listing_sha256": self.listing_sha256}
+        record = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "model": model, "inputs": list(self.inputs),
+                  "cwd": self.cwd, "normalized": self.normalized, "images": self.images,
+                  "listing_sha256": self.listing_sha256}
+        if self.shard is not None:
+            record["shard"] = dataclasses.asdict(self.shard)
+        return record
 
     @classmethod
     def from_json(cls, record: Any, source: Path) -> FeaturesHeader:
@@ -59,9 +73,10 @@ class FeaturesHeader:
             model = record["model"]
             identity = ModelIdentity(str(model["name"]), str(model["version"]), str(model["sha256"]),
                                      int(model["image_size"]), int(model["embedding_dim"]))
+            shard = Shard(**record["shard"]) if "shard" in record else None
             return cls(identity, str(model.get("source", "")), tuple(str(p) for p in record["inputs"]),
                        str(record["cwd"]), bool(record["normalized"]), int(record["images"]),
-                       str(record.get("listing_sha256", "")))
+                       str(record.get("listing_sha256", "")), shard)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: damaged sidecar header ({type(error).__name__}: {error})") from None
 

@@ -1,0 +1,34 @@
+"""`simclr merge`: the parts of a sharded simclr-embed run -> the feats.npy and sidecar one run would have written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simclr.cli.common import print_json, setup_logging, user_errors
+
+Option = typer.Option
+
+
+def merge_command(
+    parts: Annotated[list[Path], typer.Argument(help="The N parts: feats-0-of-N.npy ... feats-(N-1)-of-N.npy, in any "
+                                                     "order (their sidecars beside them).")],
+    out: Annotated[Path, Option(help="The merged features file; its sidecar goes beside it.")] = Path("feats.npy"),
+    json_output: Annotated[bool, Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Merge the N parts of `simclr-embed --shard K/N` jobs: checks that all N are there, finished, from the same
+    model, inputs and image list, then streams them into OUT exactly as one unsharded run would have written it."""
+    from simclr.embed.shards import merge_shards
+
+    setup_logging()
+    with user_errors():
+        result = merge_shards(parts, out)
+    summary = {"features": str(result.features), "sidecar": str(result.sidecar), "rows": result.rows,
+               "failed": result.failed, "parts": result.parts}
+    if json_output:
+        print_json(summary)
+    else:
+        typer.echo(f"merged {result.parts} parts: {result.rows} rows ({result.failed} failed) -> {result.features}, "
+                   f"{result.sidecar}")

@@ -1,0 +1,137 @@
+"""Embedding as many jobs: `simclr-embed --shard K/N` takes every N-th image of the sorted list (starting at the
+K-th) and writes feats-K-of-N.npy; `simclr merge` puts the N parts back together, streamed, into the very files one
+unsharded run would have written."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+from simclr.embed.writer import FeatureWriter
+
+SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
+PART_PATTERN = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)-of-(?P<count>\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N) with 0 <= K < N; ValueError names --shard."""
+    match = SHARD_PATTERN.fullmatch(text.strip())
+    if not match or not int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard {text}: give K/N with 0 <= K < N (job K of N, counting from 0; e.g. "
+                         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(match[1]), int(match[2])
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    """feats.npy -> feats-K-of-N.npy"""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{index}-of-{count}{out.suffix}")
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    features: Path
+    sidecar: Path
+    rows: int
+    failed: int
+    parts: int
+
+
+def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult:
+    """Write `out` (and its sidecar) from the N parts of one sharded run, as the unsharded run would have: checks
+    that all N parts are there, finished, from the same model, inputs and list; streams rows and records (at most
+    `batch` images of each part in memory)."""
+    headers = _check_parts(parts)
+    first = headers[0]
+    count = first.shard.count
+    whole = replace(first, images=first.shard.images, listing_sha256=first.shard.listing_sha256, shard=None)
+    ordered = sorted(zip(headers, parts, strict=True), key=lambda pair: pair[0].shard.index)
+    readers = [_PartReader(path) for _, path in ordered]
+    with FeatureWriter(Path(out), first.model.embedding_dim, whole, resume=False) as writer:
+        while True:
+            chunks = [reader.take(batch) for reader in readers]
+            if not chunks[0]:
+                break
+            merged = [chunks[i % count][i // count] for i in range(sum(len(chunk) for chunk in chunks))]
+            embedded = [vector for _, _, vector, error in merged if error is None]
+            writer.write([path for path, _, _, _ in merged], [label for _, label, _, _ in merged],
+                         np.stack(embedded) if embedded else np.zeros((0, writer.dim), np.float32),
+                         [error for _, _, _, error in merged])
+        if any(reader.take(1) for reader in readers):
+            raise ValueError("the parts hold more images than their headers say: re-run the jobs")
+        writer.finish()
+    return MergeResult(writer.out, writer.sidecar, writer.rows, writer.failed, count)
+
+
+def _check_parts(parts: list[Path]) -> list[FeaturesHeader]:
+    """Every part's header; ValueError naming what is missing or does not belong."""
+    if not parts:
+        raise ValueError("give the parts to merge: feats-*-of-N.npy")
+    headers = []
+    for path in parts:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such part (a job of simclr-embed --shard K/N writes it when it "
+                                    "finishes)")
+        header = _header(path)
+        if header.shard is None:
+            raise ValueError(f"{path}: not a part of a sharded run (simclr-embed --shard K/N writes those)")
+        headers.append(header)
+    first = headers[0]
+    for path, header in zip(parts, headers, strict=True):
+        if replace(header, images=0, listing_sha256="", model_source="", shard=None) != replace(
+                first, images=0, listing_sha256="", model_source="", shard=None):
+            raise ValueError(f"{path}: another model, other inputs or other settings than {parts[0]}")
+        if (header.shard.count, header.shard.images, header.shard.listing_sha256) != (
+                first.shard.count, first.shard.images, first.shard.listing_sha256):
+            raise ValueError(f"{path}: part of another list of images than {parts[0]} (the files changed between "
+                             "jobs?)")
+    indices = sorted(header.shard.index for header in headers)
+    missing = sorted(set(range(first.shard.count)) - set(indices))
+    if missing or len(indices) != first.shard.count:
+        repeated = sorted({index for index in indices if indices.count(index) > 1})
+        raise ValueError(f"parts of {first.shard.count}: " + (f"missing {', '.join(map(str, missing))}" if missing
+                                                              else f"{', '.join(map(str, repeated))} given twice"))
+    return headers
+
+
+def _header(path: Path) -> FeaturesHeader:
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar}: the sidecar of {path} is missing (re-run that job)")
+    with open(sidecar) as file:
+        return FeaturesHeader.from_json(json.loads(file.readline() or "null"), sidecar)
+
+
+class _PartReader:
+    """A part's records in order, each with its row's vector (memory-mapped) or its error."""
+
+    def __init__(self, path: Path) -> None:
+        self.vectors = np.load(path, mmap_mode="r")
+        self.records = self._records(sidecar_path(path))
+
+    @staticmethod
+    def _records(sidecar: Path) -> Iterator[dict]:
+        with open(sidecar) as file:
+            file.readline()
+            for line in file:
+                record = json.loads(line)
+                if "summary" in record:
+                    return
+                yield record
+
+    def take(self, count: int) -> list[tuple[str, str | None, np.ndarray | None, str | None]]:
+        taken = []
+        for record in self.records:
+            row = record.get("row")
+            taken.append((record["path"], record.get("class"), None if row is None else self.vectors[row],
+                          record.get("error")))
+            if len(taken) == count:
+                break
+        return taken
