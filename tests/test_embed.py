@@ -137,6 +137,34 @@ def test_an_interrupted_rerun_keeps_the_previous_output(image_folder: Path, kind
     assert load_features(out).paths == [str(kinds_folder / name) for name in GOOD]
 
 
+class _AddsAFileAfterTheFirstBatch:
+    """The real encoder, while another program drops a new image into the folder being embedded."""
+
+    def __init__(self, encoder: OnnxEncoder, new_file: Path) -> None:
+        self.encoder, self.new_file = encoder, new_file
+        self.identity, self.source = encoder.identity, encoder.source
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        if not self.new_file.exists():
+            Image.new("RGB", (8, 8)).save(self.new_file)
+        return self.encoder.embed(images)
+
+
+def test_files_that_change_during_a_run_are_caught_and_the_previous_output_kept(image_folder: Path, tmp_path: Path,
+                                                                                tiny_repo: Path) -> None:
+    folder = tmp_path / "photos"
+    for index, path in enumerate(sorted(image_folder.rglob("*.png"))[:6]):
+        (folder / "ab"[index % 2]).mkdir(parents=True, exist_ok=True)
+        (folder / "ab"[index % 2] / path.name).write_bytes(path.read_bytes())
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    out = tmp_path / "feats.npy"
+    before = embed_images([folder], out, encoder, workers=0, progress=False)
+    with pytest.raises(ValueError, match="changed while they were embedded .6 when listed, 7 at the end"):
+        embed_images([folder], out, _AddsAFileAfterTheFirstBatch(encoder, folder / "b" / "new.png"), batch_size=2,
+                     workers=0, progress=False)
+    assert len(load_features(out).paths) == before.rows == 6
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_embedding_through_triton_equals_local(triton, kinds_folder: Path, tiny_repo: Path, tmp_path: Path,
                                                protocol: str) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr.data.images import NoImagesError, find_images, load_image, try_load_image
+from simclr.data.images import NoImagesError, find_images, load_image, try_load_image, walk_images
 
 from adversarial import float_tiff, grey16_png, needle_png, png_with_a_bad_chunk
 
@@ -18,6 +18,18 @@ def test_find_images_is_recursive_sorted_and_survives_symlink_cycles(tmp_path: P
     (tmp_path / "b" / "deep" / "loop").symlink_to(tmp_path / "b")
     found = find_images(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.JPG", "b/0.webp", "b/deep/2.png"]
+
+
+def test_the_walk_streams_in_the_order_of_the_sorted_list(tmp_path: Path) -> None:
+    names = ["a/b.jpg", "a.b/c.png", "a b/d.png", "a/z/e.png", "a/y.png", "B/f.png", "a-/g.png", "10/h.png", "9/i.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    walk = walk_images(tmp_path)
+    first, _ = next(walk)
+    (tmp_path / "a.b" / "late.png").write_bytes(b"")  # a folder not reached yet is listed only when reached
+    walked = [first] + [path for path, _ in walk]
+    assert walked == sorted(tmp_path / name for name in [*names, "a.b/late.png"])
 
 
 def test_find_images_names_the_folder_when_there_are_none(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ _PARAMETERS = {
                                                           "$SIMCLR_MODEL, else the default model of the source "
                                                           "tree]")],
     "server": Annotated[str | None, Option(help="Run the model on a Triton server instead (host:port), with "
-                                                "--model-name.")],
+                                                "--model-name; several servers of the same model as "
+                                                "host1:8001,host2:8001 (requests spread over them; one that stops "
+                                                "answering is left out and its requests go to the others).")],
     "protocol": Annotated[Literal[PROTOCOLS], Option(help="Triton protocol.")],
     "model_name": Annotated[str | None, Option(help="The model's name on the Triton server.")],
     "model_version": Annotated[str, Option(help="Model version on the server. [default: the newest]")],

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +30,21 @@ def decode_many(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, lis
     return stacked, errors
 
 
-def decode_chunks(chunks: Sequence[Sequence[str | Path]], size: int, workers: int | None = None,
+def decode_chunks(chunks: Iterable[Sequence[str | Path]], size: int, workers: int | None = None,
                   prefetch: int = 2) -> Iterator[tuple[np.ndarray, list[str | None]]]:
     """`decode_many` of each chunk of paths, in order. Decoding runs in `workers` processes (None: one per CPU;
-    0: in this process), at most `prefetch` chunks per worker ahead of the consumer."""
+    0: in this process), at most `prefetch` chunks per worker ahead of the consumer (chunks are taken from the
+    iterable only as they are submitted, so it can stream)."""
     workers = os.cpu_count() or 1 if workers is None else workers
     if workers == 0:
         for chunk in chunks:
             yield decode_many(chunk, size)
         return
+    chunks = iter(chunks)
     with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(signal.SIGKILL,)) as pool:
-        pending: deque[Future] = deque()
-        next_chunk = 0
-        while pending or next_chunk < len(chunks):
-            while next_chunk < len(chunks) and len(pending) < workers * prefetch:
-                pending.append(pool.submit(decode_many, chunks[next_chunk], size))
-                next_chunk += 1
-            yield pending.popleft().result()
+        pending: deque[Future] = deque(pool.submit(decode_many, chunk, size)
+                                       for chunk in islice(chunks, workers * prefetch))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(decode_many, chunk, size) for chunk in islice(chunks, 1))
+            yield result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,43 +21,57 @@ class NoImagesError(ValueError):
     """A folder holds no image files."""
 
 
-def find_images(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """All image files below `root`, recursively, in sorted order.
+def find_images(root: Path) -> list[Path]:
+    """All image files below `root`, recursively, in sorted order (`walk_images` as a list; a subfolder that cannot
+    be listed is logged). Raises NoImagesError naming the folder when nothing is found."""
+    found: list[Path] = []
+    for path, reason in walk_images(root):
+        if reason is None:
+            found.append(path)
+        else:
+            log.warning("skipping unreadable folder %s: %s", path, reason)
+    return found
 
-    Symlinked folders are followed once: a link back to a folder already visited is skipped, so a symlink
-    cycle cannot loop forever. A subfolder that cannot be listed is appended to `unreadable` as (folder, reason),
-    else logged. Raises NoImagesError naming the folder when nothing is found.
+
+def walk_images(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """The image files below `root` as (path, None), in sorted order (the order of sorting the whole list of
+    paths), streamed: only one folder's names are held at a time, so any number of files can be walked. A
+    subfolder that cannot be listed comes in its place as (folder, reason).
+
+    Symlinked folders are followed once: a link back to a folder already visited is skipped, so a symlink cycle
+    cannot loop forever. Raises NoImagesError naming `root` when it is no folder, or at the end of the walk when it
+    holds no image file.
     """
     root = Path(root)
     if not root.is_dir():
         raise NoImagesError(f"{root}: not a folder")
-    found: list[Path] = []
     visited: set[tuple[int, int]] = set()
-    skipped = 0
+    counts = {"images": 0, "other": 0}
 
-    def cannot_list(error: OSError) -> None:
-        reason = f"{type(error).__name__}: {error.strerror or error}"
-        if unreadable is None:
-            log.warning("skipping unreadable folder %s: %s", error.filename, reason)
-        else:
-            unreadable.append((Path(error.filename), reason))
-
-    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=cannot_list):
-        identity = os.stat(folder)
-        if (identity.st_dev, identity.st_ino) in visited:
-            subfolders.clear()
-            continue
-        visited.add((identity.st_dev, identity.st_ino))
-        subfolders.sort()
-        for name in files:
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(folder) / name)
+    def walk(folder: Path) -> Iterator[tuple[Path, str | None]]:
+        try:
+            identity = os.stat(folder)
+            if (identity.st_dev, identity.st_ino) in visited:
+                return
+            visited.add((identity.st_dev, identity.st_ino))
+            with os.scandir(folder) as listing:
+                names = sorted((entry.name, entry.is_dir()) for entry in listing)
+        except OSError as error:
+            yield folder, f"{type(error).__name__}: {error.strerror or error}"
+            return
+        for name, is_folder in names:
+            if is_folder:
+                yield from walk(folder / name)
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                counts["images"] += 1
+                yield folder / name, None
             else:
-                skipped += 1
-    if not found:
+                counts["other"] += 1
+
+    yield from walk(root)
+    if not counts["images"]:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise NoImagesError(f"{root}: no image files found ({skipped} other files; looked for {kinds})")
-    return sorted(found)
+        raise NoImagesError(f"{root}: no image files found ({counts['other']} other files; looked for {kinds})")
 
 
 def class_of(path: Path, root: Path) -> str | None:

@@ -91,8 +91,13 @@ class EncoderSpec:
 
             if not self.model_name:
                 raise EncoderError("--server needs --model-name (the model's name in the Triton repository)")
-            url = self.server.removeprefix("http://").removeprefix("grpc://")
-            return TritonEncoder(url, self.model_name, self.model_version, self.protocol, send=self.send,
+            urls = [url.strip().removeprefix("http://").removeprefix("grpc://") for url in self.server.split(",")]
+            if len(urls) > 1:
+                from simclr.embed.triton_fleet import TritonFleet
+
+                return TritonFleet(urls, self.model_name, self.model_version, self.protocol, send=self.send,
+                                   output=self.output)
+            return TritonEncoder(urls[0], self.model_name, self.model_version, self.protocol, send=self.send,
                                  output=self.output)
         if self.send != "uint8":
             raise EncoderError(f"--send {self.send} needs --server: without one, ONNX Runtime runs here and the "

@@ -3,15 +3,20 @@ takes them), yield batches in order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from simclr.data.decoding import decode_chunks
-from simclr.data.images import class_of, find_images
+from simclr.data.images import class_of, walk_images
 from simclr.embed.encoder import Encoder, takes_files
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,31 +36,51 @@ class DecodedBatch:
     errors: list[str | None]  # per entry: why it failed, or None (decoded)
 
 
-def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
-    """Image files named directly, and the image files below each folder (recursive, sorted)."""
-    entries: list[ImageEntry] = []
+def iter_inputs(inputs: Sequence[Path]) -> Iterator[ImageEntry]:
+    """Image files named directly, and the image files below each folder (recursive, sorted), streamed: any
+    number of files, in bounded memory. A missing input is refused at once; a folder without images raises
+    NoImagesError when the walk reaches its end."""
     for given in inputs:
-        given = Path(given)
-        if given.is_dir():
-            unreadable: list[tuple[Path, str]] = []
-            for path in find_images(given, unreadable):
-                entries.append(ImageEntry(str(given / path.relative_to(given)), class_of(path, given)))
-            # an unlistable folder is recorded under its class (it is one, or is inside one), so probes see it too
-            entries += [ImageEntry(str(folder), class_of(folder / "_", given), reason) for folder, reason in unreadable]
-        elif given.exists():
-            entries.append(ImageEntry(str(given), None))  # the decoder refuses what is not a regular file
-        else:
+        if not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or folder")
-    return entries
+    return _walk_inputs(inputs)
 
 
-def decoded_batches(entries: list[ImageEntry], size: int, batch_size: int, workers: int | None = None,
+def _walk_inputs(inputs: Sequence[Path]) -> Iterator[ImageEntry]:
+    for given in map(Path, inputs):
+        if not given.is_dir():
+            yield ImageEntry(str(given), None)  # the decoder refuses what is not a regular file
+            continue
+        # an unlistable folder is recorded under its class (it is one, or is inside one), so probes see it too
+        for path, reason in walk_images(given):
+            yield ImageEntry(str(path), class_of(path if reason is None else path / "_", given), reason)
+
+
+def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:
+    """`iter_inputs` as a list, for the few files of a query."""
+    return list(iter_inputs(inputs))
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` consecutive items (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def decoded_batches(entries: Iterable[ImageEntry], size: int, batch_size: int, workers: int | None = None,
                     prefetch: int = 2) -> Iterator[DecodedBatch]:
     """Batches of decoded images in input order. Decoding runs in `workers` processes (0: in this process),
     at most `prefetch` batches per worker ahead of the consumer, so memory stays bounded for any number of files."""
-    chunks = [entries[start:start + batch_size] for start in range(0, len(entries), batch_size)]
-    paths = [[entry.path for entry in chunk if entry.error is None] for chunk in chunks]
-    for chunk, (images, errors) in zip(chunks, decode_chunks(paths, size, workers, prefetch), strict=True):
+    submitted: deque[list[ImageEntry]] = deque()
+
+    def paths() -> Iterator[list[str]]:
+        for chunk in chunked(entries, batch_size):
+            submitted.append(chunk)
+            yield [entry.path for entry in chunk if entry.error is None]
+
+    for images, errors in decode_chunks(paths(), size, workers, prefetch):
+        chunk = submitted.popleft()
         decoded = iter(errors)
         yield DecodedBatch(chunk, images, [entry.error or next(decoded) for entry in chunk])
 
@@ -67,13 +92,12 @@ class EmbeddedBatch:
     errors: list[str | None]  # per entry: why it failed, or None (embedded)
 
 
-def embedded_batches(entries: list[ImageEntry], encoder: Encoder, batch_size: int, workers: int | None = None
+def embedded_batches(entries: Iterable[ImageEntry], encoder: Encoder, batch_size: int, workers: int | None = None
                      ) -> Iterator[EmbeddedBatch]:
     """Embeddings of `entries`, `batch_size` at a time, in order. Files go to the encoder as they are when it takes
     them (Triton's bytes path); otherwise they are decoded here, in `workers` processes ahead of the encoder."""
     if takes_files(encoder):
-        for start in range(0, len(entries), batch_size):
-            chunk = entries[start:start + batch_size]
+        for chunk in chunked(entries, batch_size):
             embeddings, errors = encoder.embed_files([entry.path for entry in chunk if entry.error is None])
             outcome = iter(errors)
             yield EmbeddedBatch(chunk, embeddings, [entry.error or next(outcome) for entry in chunk])

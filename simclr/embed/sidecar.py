@@ -15,12 +15,28 @@ SIDECAR_FORMAT = "simclr-embeddings"
 SIDECAR_VERSION = 1
 
 
+class ListingDigest:
+    """The count and sha256 of a list of paths, fed one path at a time (a list of any length, in constant memory)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self.count = 0
+
+    def add(self, path: str) -> None:
+        self._digest.update(path.encode("utf-8", "surrogateescape") + b"\n")
+        self.count += 1
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
 def listing_sha256(paths: Iterable[str]) -> str:
-    """A checksum of a list of paths, in order (streamed: one path at a time)."""
-    digest = hashlib.sha256()
+    """The sha256 of a list of paths, in order."""
+    digest = ListingDigest()
     for path in paths:
-        digest.update(path.encode("utf-8", "surrogateescape") + b"\n")
-    return digest.hexdigest()
+        digest.add(path)
+    return digest.sha256
 
 
 def sidecar_path(features_path: Path) -> Path:

@@ -34,6 +34,10 @@ def _unreachable(error: Exception) -> bool:
 MAX_REQUEST_BYTES = 8 << 20
 
 
+class ServerUnreachable(EncoderError):
+    """The server did not answer within the retry window (as opposed to an answer that refuses the request)."""
+
+
 class FileRefused(ValueError):
     """The server's preprocessing model could not turn a file of the request into an image."""
 
@@ -161,12 +165,13 @@ class TritonEncoder:
                 if not _unreachable(error):
                     raise EncoderError(f"Triton at {self.url}: {first_line(error)}") from None
                 if time.monotonic() >= deadline:
-                    raise EncoderError(f"Triton at {self.url} is not reachable ({self.protocol}); is `simclr serve` "
-                                       "running there?") from None
+                    raise ServerUnreachable(f"Triton at {self.url} is not reachable ({self.protocol}); is "
+                                            "`simclr serve` running there?") from None
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
 
-    def _infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """One request: embeddings of at most max_batch_size checked images."""
         def request() -> np.ndarray:
             client = self._client()
             image = self._module.InferInput(INPUT_NAME, list(images.shape), "UINT8")
@@ -187,23 +192,23 @@ class TritonEncoder:
         images = check_batch(images, self.identity)
         chunks = [images[start:start + self.max_batch_size] for start in range(0, len(images), self.max_batch_size)]
         if len(chunks) == 1:
-            return self._infer(chunks[0])
-        return np.concatenate(list(self._pool.map(self._infer, chunks)))
+            return self.infer(chunks[0])
+        return np.concatenate(list(self._pool.map(self.infer, chunks)))
 
     def embed_files(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str | None]]:
         """Embed image files without decoding them here (send="bytes"): float32 [n_ok, D] for the files that the
         server could decode, in order, and per path the reason it failed, or None."""
         if self.send != "bytes":
             raise EncoderError("embed_files needs send='bytes' (the ensemble NAME_bytes decodes the files)")
-        requests = self._group_files([str(path) for path in paths])
-        results = list(self._pool.map(self._embed_request, requests)) if len(requests) > 1 else \
-            [self._embed_request(request) for request in requests]
+        requests = self.group_files([str(path) for path in paths])
+        results = list(self._pool.map(self.embed_request, requests)) if len(requests) > 1 else \
+            [self.embed_request(request) for request in requests]
         embeddings = [rows for rows, _ in results]
         errors = [error for _, request_errors in results for error in request_errors]
         return (np.concatenate(embeddings) if embeddings else
                 np.zeros((0, self.identity.embedding_dim), np.float32)), errors
 
-    def _group_files(self, paths: list[str]) -> list[list[str]]:
+    def group_files(self, paths: list[str]) -> list[list[str]]:
         """Requests of up to `files_per_request` files and MAX_REQUEST_BYTES (a larger file goes alone)."""
         requests: list[list[str]] = []
         size_of_last = 0
@@ -230,7 +235,7 @@ class TritonEncoder:
         with open(path, "rb") as file:
             return file.read()
 
-    def _embed_request(self, paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    def embed_request(self, paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """One request for the readable files of `paths`; when the server refuses a file of it, each file again
         alone, so that every file gets its own embedding or reason."""
         contents: list[bytes] = []
@@ -250,7 +255,7 @@ class TritonEncoder:
                 return np.zeros((0, self.identity.embedding_dim), np.float32), \
                     [error if error else str(refused) for error in errors]
         readable = [path for path, error in zip(paths, errors, strict=True) if error is None]
-        alone = [self._embed_request([path]) for path in readable]
+        alone = [self.embed_request([path]) for path in readable]
         outcome = iter(error for _, (error,) in alone)
         return np.concatenate([rows for rows, _ in alone]), [error or next(outcome) for error in errors]
 

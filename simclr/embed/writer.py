@@ -18,13 +18,19 @@ from simclr.atomic import replaced_together
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
 
+def features_out(out: Path) -> Path:
+    """`out` if it can name a features file; ValueError naming --out otherwise."""
+    out = Path(out)
+    if out.suffix != ".npy" or out.is_dir():
+        raise ValueError(f"--out {out}: must name a .npy file" + (" (it is a folder)" if out.is_dir() else ""))
+    return out
+
+
 class FeatureWriter:
     """Append embeddings and per-image records; `finish()` publishes feats.npy and feats.jsonl."""
 
     def __init__(self, out: Path, dim: int, header: FeaturesHeader, resume: bool) -> None:
-        self.out = Path(out)
-        if self.out.suffix != ".npy" or self.out.is_dir():
-            raise ValueError(f"--out {out}: must name a .npy file" + (" (it is a folder)" if self.out.is_dir() else ""))
+        self.out = features_out(out)
         self.dim = dim
         self.sidecar = sidecar_path(self.out)
         self.rows_partial = Path(f"{self.out}.partial")
