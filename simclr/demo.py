@@ -24,8 +24,9 @@ from simclr.embed.features import load_features
 from simclr.embed.onnx_encoder import OnnxEncoder, resolve_model
 from simclr.embed.runner import embed_images
 from simclr.search.grid import neighbour_grid
-from simclr.search.index import build_index, index_path, save_index
+from simclr.search.index import build_index
 from simclr.search.query import search_images
+from simclr.search.store import index_path, save_index
 
 # Photographs and scans among scikit-image's sample images (skimage/data, shipped in its wheel).
 SAMPLE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",

@@ -46,6 +46,17 @@ def test_embed_index_and_search_import_no_torch(work: Path) -> None:
     assert (work / "feats.faiss").is_file()
 
 
+def test_sharded_embedding_merge_and_a_budgeted_index_import_no_torch(work: Path) -> None:
+    for job in ("0/2", "1/2"):
+        _run("embed_main", ["images", "--out", "parts/feats.npy", "--shard", job, "--workers", "0"], work)
+    parts = ["parts/feats-0-of-2.npy", "parts/feats-1-of-2.npy"]
+    _run("main", ["merge", *parts, "--out", "merged.npy"], work)
+    _run("main", ["index", *parts, "--memory-budget", "1G"], work)
+    _run("main", ["index", "merged.npy", "--kind", "ivf", "--nlist", "1"], work)
+    _run("main", ["index", "merged.npy", "--remove", "images/0.png"], work)
+    assert (work / "parts" / "feats.faiss").is_file() and (work / "merged.faiss").is_file()
+
+
 def test_classify_with_onnx_runtime_imports_no_torch(work: Path, finetuned_run: Path) -> None:
     from simclr.export.classifier import export_classifier
 

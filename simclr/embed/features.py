@@ -9,8 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.embed.encoder import ModelIdentity
+from simclr.embed.encoder import ModelIdentity, same_model
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+
+
+class StackedRows:
+    """The rows of several [N_i, D] arrays (memory-mapped parts) as one [sum N_i, D], for looking rows up."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.starts = np.cumsum([0, *(len(array) for array in arrays)])
+        self.shape = (int(self.starts[-1]), arrays[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} of {len(self)}")
+        part = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self.arrays[part][row - self.starts[part]]
 
 
 @dataclass(frozen=True)
@@ -18,15 +36,21 @@ class Features:
     """Embeddings [N, D] (memory-mapped) with, per row, the image path and class, plus the run's header."""
 
     path: Path
-    vectors: np.ndarray
+    vectors: np.ndarray | StackedRows
     paths: list[str]
     labels: list[str | None]
     failures: list[dict]
     header: FeaturesHeader
+    removed: frozenset[int] = frozenset()  # rows taken out of the collection's index (simclr index --remove)
 
     @property
     def model(self) -> ModelIdentity:
         return self.header.model
+
+
+def path_key(path: str) -> str:
+    """An image path as rows are looked up by it: absolute and normalised."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -56,6 +80,22 @@ def load_features(path: Path) -> Features:
     if header.cwd != os.getcwd():  # relative paths were recorded from another working directory
         paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(header.cwd, p)) for p in paths]
     return Features(path, vectors, paths, labels, failures, header)
+
+
+def load_parts(paths: list[Path]) -> Features:
+    """The features files of one collection (the parts of an index) as one: rows run through them in order. They
+    must come from the same model; ValueError names the part that does not."""
+    parts = [load_features(path) for path in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        if not same_model(first.model, part.model) or part.vectors.shape[1] != first.vectors.shape[1]:
+            raise ValueError(f"{part.path} was embedded with {part.model.name} v{part.model.version}, {first.path} "
+                             f"with {first.model.name} v{first.model.version}: one index holds one model's rows")
+    if len(parts) == 1:
+        return first
+    return Features(first.path, StackedRows([part.vectors for part in parts]),
+                    [path for part in parts for path in part.paths], [label for part in parts for label in part.labels],
+                    [failure for part in parts for failure in part.failures], first.header)
 
 
 def _read_sidecar(sidecar: Path):

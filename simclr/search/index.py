@@ -1,27 +1,28 @@
 """FAISS indexes over embeddings: cosine similarity as inner product on L2-normalised vectors.
 
-Exact (IndexFlatIP) for small collections; for large ones an inverted-file index (IVF, optionally with product
-quantisation) whose nprobe is raised until recall@10 against exact search, measured on a sample at build time,
-reaches the target.
+The kind and its parameters come from `plan.plan_index` (a memory budget, or the kind asked for); the index trains
+on a sample, takes the vectors chunk by chunk (`vectors.VectorFile` reads them without a memory map), and then an
+approximate index raises nprobe (IVF) or efSearch (HNSW) until recall@10 against exact search, measured on a sample
+of rows, reaches the target, unless the single-query time would pass `max_query_ms`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
+import os
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from simclr.atomic import atomic_write_bytes, atomic_write_text
 from simclr.embed.features import unit_rows
-from simclr.errors import first_line
-from simclr.export.layout import sha256_of
+from simclr.search.plan import EXACT_UP_TO, KINDS, IndexPlan, plan_index, training_rows
+from simclr.search.vectors import Vectors
 
-KINDS = ("auto", "flat", "ivf", "ivfpq")
-EXACT_UP_TO = 50_000  # `auto` builds an exact index up to this many vectors
+__all__ = ["EXACT_UP_TO", "KINDS", "IndexReport", "build_index", "recall_at_k", "search"]  # EXACT_UP_TO, KINDS: plan's
+
+TIMED_QUERIES = 50  # single queries timed at each setting
+SEARCH_PARAMETERS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -31,142 +32,162 @@ class IndexReport:
     dim: int
     nlist: int | None
     nprobe: int | None
-    recall_at_10: float | None  # of the approximate index against exact search, on a sample
+    recall_at_10: float | None  # against exact search, on a sample of rows (1.0 for an exact index)
     build_seconds: float
+    description: str = ""  # FAISS's name of the structure: IVF1024,Flat, OPQ64,IVF4096,PQ64, HNSW32, Flat
+    pq_bytes: int | None = None
+    ef_search: int | None = None
+    index_bytes: int = 0  # of the saved index
+    query_ms: float | None = None  # median time of one query, searched alone
+    target_met: bool = True  # the recall target reached within max_query_ms
+    note: str = ""  # why not, when it was not
+    peak_rss_bytes: int = 0  # of the building process, as /usr/bin/time -v reports it
+    memory_budget: int | None = None
 
 
-def index_path(features_path: Path) -> Path:
-    """feats.npy -> feats.faiss"""
-    return Path(features_path).with_suffix(".faiss")
+def peak_rss_bytes() -> int:
+    """The peak resident set of this program so far: VmHWM, what /usr/bin/time -v reports for a process started by
+    a small one (getrusage's maximum would also count the memory of a large parent that forked it)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
-def build_index(vectors: np.ndarray, kind: str = "auto", nlist: int | None = None, pq_bytes: int | None = None,
-                target_recall: float = 0.95, sample_queries: int = 500, seed: int = 0):
-    """A FAISS index of the normalised `vectors` [N, D] and its report (with measured recall when approximate)."""
-    import time
+def resident_bytes() -> int:
+    """The process's resident set now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+
+def build_index(vectors: np.ndarray | Vectors, kind: str = "auto", nlist: int | None = None,
+                pq_bytes: int | None = None, target_recall: float = 0.95, memory_budget: int | None = None,
+                max_query_ms: float | None = None, sample_queries: int = 500, seed: int = 0):
+    """A FAISS index of the normalised rows of `vectors` ([N, D], or a Vectors/VectorFile) and its report.
+
+    `memory_budget` (bytes) bounds the whole process's peak resident memory: the plan leaves out what the process
+    already holds. Approximate indexes are tuned to `target_recall` within `max_query_ms` (when given)."""
     import faiss
 
-    if kind not in KINDS:
-        raise ValueError(f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
-    data = unit_rows(vectors)
-    count, dim = data.shape
+    source = vectors if isinstance(vectors, Vectors) else Vectors(np.asarray(vectors))
+    count, dim = source.count, source.dim
     if count == 0:
         raise ValueError("no vectors to index")
-    if kind == "auto":
-        kind = "flat" if count <= EXACT_UP_TO else "ivf"
+    available = None if memory_budget is None else memory_budget - resident_bytes()
+    plan = plan_index(count, dim, kind, available, nlist, pq_bytes)
     started = time.perf_counter()
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-        index.add(data)
-        return index, IndexReport(kind="flat", vectors=count, dim=dim, nlist=None, nprobe=None, recall_at_10=None,
-                                  build_seconds=time.perf_counter() - started)
-    if nlist is not None and not 1 <= nlist <= count:
-        raise ValueError(f"--nlist {nlist}: must be 1 to the number of vectors ({count})")
-    nlist = nlist or max(1, min(int(4 * math.sqrt(count)), count // 39))  # FAISS wants >= 39 training points a list
-    quantizer = faiss.IndexFlatIP(dim)
-    if kind == "ivfpq":
-        code_bytes = pq_bytes or _pq_bytes(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, code_bytes, 8, faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    training = data[rng.choice(count, size=min(count, 256 * nlist), replace=False)]
-    index.train(training)
-    index.add(data)
-    queries = data[rng.choice(count, size=min(count, sample_queries), replace=False)]
-    _, exact = _exact_neighbours(data, queries, 10)
-    nprobe, recall = 1, 0.0
-    while True:
-        index.nprobe = nprobe
-        _, approximate = index.search(queries, min(10, count))
-        recall = recall_at_k(approximate, exact)
-        if recall >= target_recall or nprobe >= nlist:
-            break
-        nprobe = min(nlist, nprobe * 2)
-    return index, IndexReport(kind=kind, vectors=count, dim=dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall,
-                              build_seconds=time.perf_counter() - started)
+    index = _new_index(plan, dim)
+    if training := training_rows(plan, count):
+        index.train(source.rows(np.sort(rng.choice(count, size=training, replace=False))))
+    queries = source.rows(np.sort(rng.choice(count, size=min(count, sample_queries), replace=False)))
+    k = min(10, count)
+    exact = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start, chunk in source.chunks():
+        add_rows(index, chunk, start)
+        if plan.kind != "flat":
+            scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+            exact.add_result(scores, rows + start)
+    exact.finalize()
+    setting, recall, query_ms, note = _tune(index, plan, queries, exact.I, target_recall, max_query_ms)
+    return index, IndexReport(
+        kind=plan.kind, vectors=count, dim=dim, nlist=plan.nlist, nprobe=setting if plan.kind != "hnsw" else None,
+        recall_at_10=recall, build_seconds=time.perf_counter() - started, description=plan.describe(),
+        pq_bytes=plan.pq_bytes, ef_search=setting if plan.kind == "hnsw" else None, query_ms=query_ms,
+        target_met=not note, note=note, peak_rss_bytes=peak_rss_bytes(), memory_budget=memory_budget)
 
 
-def _pq_bytes(dim: int) -> int:
-    """The largest of 64, 32, 16, 8 bytes per vector that divides the dimension."""
-    return next((m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim), 1)
-
-
-def _exact_neighbours(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _new_index(plan: IndexPlan, dim: int):
     import faiss
 
-    exact = faiss.IndexFlatIP(data.shape[1])
-    exact.add(data)
-    return exact.search(queries, min(k, len(data)))
+    if plan.kind == "flat":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))  # row ids of its own, so that rows can be removed
+    if plan.kind == "hnsw":
+        return faiss.IndexHNSWFlat(dim, plan.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    quantizer = faiss.IndexFlatIP(dim)
+    if plan.kind == "ivf":
+        return faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+    if not plan.opq:
+        return index
+    rotation = faiss.OPQMatrix(dim, plan.pq_bytes)
+    rotation.niter = 20  # of 50: the rotation's gain flattens early, and training it is most of the build
+    return faiss.IndexPreTransform(rotation, index)  # FAISS's Python keeps the parts alive with the whole
+
+
+def add_rows(index, rows: np.ndarray, first_id: int) -> None:
+    """Add normalised `rows` with the row ids first_id, first_id + 1, ... (HNSW numbers them itself: it never
+    removes, so its count is the next id)."""
+    if "HNSW" in type(index).__name__:
+        if index.ntotal != first_id:
+            raise ValueError(f"an HNSW index of {index.ntotal} rows cannot take row {first_id} next")
+        index.add(rows)
+    else:
+        index.add_with_ids(rows, np.arange(first_id, first_id + len(rows), dtype=np.int64))
+
+
+def add_vectors(index, source: Vectors, first_id: int) -> None:
+    """Add every row of `source` (chunk by chunk), numbered from `first_id`."""
+    for start, chunk in source.chunks():
+        add_rows(index, chunk, first_id + start)
+
+
+def remove_rows(index, rows: list[int]) -> int:
+    """Take row ids out of the index; how many it held. ValueError for an index kind that cannot remove."""
+    import faiss
+
+    if "HNSW" in type(index).__name__:
+        raise ValueError("an HNSW index cannot remove rows (FAISS's HNSW graph has no removal): rebuild it without "
+                         "them (simclr index with the features as they should be), or use --kind ivf or ivfpq")
+    return int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64))))
+
+
+def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target_recall: float,
+          max_query_ms: float | None) -> tuple[int | None, float, float, str]:
+    """(setting, recall@10, single-query ms, note): the smallest nprobe/efSearch that reaches `target_recall`, or
+    the best that stays within `max_query_ms` (note says so)."""
+    import faiss
+
+    name = SEARCH_PARAMETERS.get(plan.kind)
+    if name is None:
+        return None, 1.0, _query_ms(index, queries), ""
+    values = EF_SEARCH if name == "efSearch" else \
+        sorted({min(plan.nlist, 2 ** power) for power in range(plan.nlist.bit_length() + 1)})
+    parameters = faiss.ParameterSpace()
+    best: tuple[int, float, float] | None = None
+    for value in values:
+        parameters.set_index_parameter(index, name, value)
+        _, found = index.search(queries, exact.shape[1])
+        recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries)
+        if max_query_ms is not None and query_ms > max_query_ms and best is not None:
+            break
+        best = (value, recall, query_ms)
+        if recall >= target_recall:
+            break
+    value, recall, query_ms = best
+    parameters.set_index_parameter(index, name, value)
+    note = ""
+    if recall < target_recall:
+        timed_out = max_query_ms is not None and value != values[-1]
+        limit = f"within --max-query-ms {max_query_ms:g}" if timed_out else f"at the largest {name}"
+        note = f"recall@10 {recall:.3f} is below the target {target_recall:g} {limit}; kept {name} {value}"
+    elif max_query_ms is not None and query_ms > max_query_ms:
+        note = f"one query takes {query_ms:.1f} ms, over --max-query-ms {max_query_ms:g}, at {name} {value}"
+    return value, recall, query_ms, note
+
+
+def _query_ms(index, queries: np.ndarray) -> float:
+    """Median milliseconds of one query searched alone."""
+    times = []
+    for query in queries[:TIMED_QUERIES]:
+        started = time.perf_counter()
+        index.search(query[None], 10)
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
 
 
 def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each query's exact top-k found in its approximate top-k."""
     hits = [len(set(a[a >= 0]) & set(e)) / len(e) for a, e in zip(approximate, exact, strict=True)]
     return float(np.mean(hits))
-
-
-class StaleIndexError(ValueError):
-    """An index that was not built from the features beside it as they are now, or whose file is damaged."""
-
-
-def index_record_path(features_path: Path) -> Path:
-    """feats.npy -> feats.faiss.json: what the index was built from, and its own checksum."""
-    return Path(f"{index_path(features_path)}.json")
-
-
-def save_index(index, features_path: Path, report: IndexReport | None = None) -> Path:
-    """Write the index of `features_path` beside it (feats.faiss), atomically, with a record that binds it to the
-    features' sha256 and its own, and keeps its build `report` (kind, recall). Returns the index path."""
-    import dataclasses
-
-    import faiss
-
-    serialized = faiss.serialize_index(index).tobytes()
-    path = index_path(features_path)
-    atomic_write_bytes(path, lambda file: file.write(serialized))
-    stat = Path(features_path).stat()
-    record = {"features": Path(features_path).name, "features_sha256": sha256_of(features_path),
-              "features_size": stat.st_size, "features_mtime_ns": stat.st_mtime_ns,
-              "index_sha256": hashlib.sha256(serialized).hexdigest(), "vectors": index.ntotal, "dim": index.d,
-              "report": dataclasses.asdict(report) if report else None}
-    atomic_write_text(index_record_path(features_path), json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def index_report(features_path: Path) -> dict | None:
-    """The build report recorded beside the index of `features_path` (kind, nlist, nprobe, recall_at_10), if any."""
-    try:
-        return json.loads(index_record_path(features_path).read_text()).get("report")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def load_index(features_path: Path):
-    """The index of `features_path`. FileNotFoundError when there is none; StaleIndexError when it was built from
-    other features (they changed since) or its file is damaged."""
-    import faiss
-
-    path, record_path = index_path(features_path), index_record_path(features_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such index")
-    try:
-        record = json.loads(record_path.read_text())
-        bound = record["features_sha256"], record["index_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise StaleIndexError(f"{path}: no readable record of what it was built from ({record_path})") from None
-    stat = Path(features_path).stat()
-    unchanged = (record.get("features_size"), record.get("features_mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
-    if not unchanged and bound[0] != sha256_of(features_path):  # hash a large file only when it was touched
-        raise StaleIndexError(f"{path} was built from other features than {features_path} holds now")
-    serialized = path.read_bytes()
-    if hashlib.sha256(serialized).hexdigest() != bound[1]:
-        raise StaleIndexError(f"{path}: damaged (its checksum differs from the one recorded when it was built)")
-    try:
-        return faiss.deserialize_index(np.frombuffer(serialized, dtype=np.uint8))
-    except RuntimeError as error:
-        raise StaleIndexError(f"{path}: not a FAISS index ({first_line(error)})") from None
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

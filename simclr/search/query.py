@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -9,17 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.embed.encoder import Encoder, EncoderSpec, same_model
-from simclr.embed.features import Features, load_features
+from simclr.embed.features import Features, load_parts
 from simclr.embed.reader import embedded_batches, scan_inputs
-from simclr.search.index import (
-    EXACT_UP_TO,
-    StaleIndexError,
-    build_index,
-    index_path,
-    load_index,
-    save_index,
-    search,
-)
+from simclr.search.index import EXACT_UP_TO, build_index, search
+from simclr.search.store import StaleIndexError, index_path, load_index, read_manifest, save_index
+from simclr.search.vectors import vector_source
 
 log = logging.getLogger("simclr")
 
@@ -43,27 +38,44 @@ class QueryResult:
     error: str | None = None  # the query image could not be decoded
 
 
-def open_index(features_path: Path, kind: str = "flat") -> tuple[Features, object]:
-    """The features and their FAISS index. When there is none yet, one of `kind` is built and saved (`simclr index`
-    builds "auto"); when it is stale or damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO
-    rows, and a larger collection's is refused with the command that rebuilds it."""
-    features = load_features(features_path)
+def open_index(path: Path, kind: str = "flat") -> tuple[Features, object]:
+    """The features of a collection and their FAISS index (memory-mapped). `path` is a features file (its index
+    beside it: feats.faiss) or an index (.faiss: its manifest names the features files, its parts). When a features
+    file has no index yet, one of `kind` is built and saved (`simclr index` builds "auto"); when it is stale or
+    damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO rows, and a larger collection's is
+    refused with the command that rebuilds it. The features' `removed` holds the rows taken out of the index."""
+    path = Path(path)
+    if path.suffix == ".faiss":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such index (simclr index FEATURES... --out {path} builds one)")
+        index_file, parts = path, read_manifest(path).part_paths(path.parent)
+    else:
+        index_file, parts = index_path(path), [path]
+        with contextlib.suppress(StaleIndexError):  # rows added with `simclr index --add` belong to it too
+            recorded = read_manifest(index_file).part_paths(index_file.parent)
+            if recorded[0].resolve() == path.resolve():
+                parts = recorded
+    features = load_parts(parts)
     try:
-        index = load_index(features_path)
-        if (index.ntotal, index.d) != features.vectors.shape:
-            raise StaleIndexError(f"{index_path(features_path)} holds {index.ntotal} vectors of {index.d} dims, "
-                                  f"{features_path} {features.vectors.shape[0]} of {features.vectors.shape[1]}")
-        return features, index
+        index, manifest = load_index(index_file)
+        built_from = [part.resolve() for part in manifest.part_paths(index_file.parent)]
+        if built_from != [part.resolve() for part in parts]:
+            raise StaleIndexError(f"{index_file} was built from {', '.join(map(str, built_from))}, not {path}")
+        if manifest.vectors + len(manifest.removed) != len(features.vectors):
+            raise StaleIndexError(f"{index_file} holds {manifest.vectors} rows (and {len(manifest.removed)} "
+                                  f"removed), its features {len(features.vectors)}")
+        return dataclasses.replace(features, removed=frozenset(manifest.removed)), index
     except FileNotFoundError:
         pass
     except StaleIndexError as stale:
         if len(features.vectors) > EXACT_UP_TO:
-            raise StaleIndexError(f"{stale}: rebuild it with `simclr index {features_path}`") from None
+            rebuild = " ".join(map(str, parts)) + (f" --out {index_file}" if index_file != index_path(parts[0]) else "")
+            raise StaleIndexError(f"{stale}: rebuild it with `simclr index {rebuild}`") from None
         log.warning("%s; rebuilding it (exact)", stale)
         kind = "flat"
-    index, report = build_index(features.vectors, kind=kind)
-    path = save_index(index, features_path, report)
-    log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, path)
+    index, report = build_index(vector_source(parts), kind=kind)
+    save_index(index, parts, report, index_file=index_file)
+    log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, index_file)
     return features, index
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import io
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ import numpy as np
 
 from simclr.data.decode import DECODE_ERRORS, decode_image
 from simclr.embed.encoder import Encoder, EncoderSpec
-from simclr.embed.features import Features
-from simclr.search.index import index_report, search
+from simclr.embed.features import Features, path_key
+from simclr.search.index import search
 from simclr.search.query import check_model, open_index, query_encoder
+from simclr.search.store import index_path, index_report
 
 log = logging.getLogger("simclr")
 MAX_K = 1000
@@ -59,10 +59,6 @@ class Answer:
                 "timing_ms": self.timing_ms}
 
 
-def _path_key(path: str) -> str:
-    return os.path.normpath(os.path.abspath(path))
-
-
 class SearchService:
     """Search a collection embedded by simclr-embed: by an uploaded photo, an indexed row or an indexed path."""
 
@@ -96,8 +92,9 @@ class SearchService:
 
     def _load_collection(self) -> Collection:
         features, index = open_index(self.features_path, kind="auto")
-        rows = {_path_key(path): row for row, path in enumerate(features.paths)}
-        return Collection(features, index, rows, index_report(self.features_path), time.time())
+        rows = {path_key(path): row for row, path in enumerate(features.paths) if row not in features.removed}
+        index_file = self.features_path if self.features_path.suffix == ".faiss" else index_path(self.features_path)
+        return Collection(features, index, rows, index_report(index_file), time.time())
 
     def search_upload(self, data: bytes, k: int) -> Answer:
         """Decode an uploaded image file as simclr-embed decodes it, embed it and search."""
@@ -124,7 +121,7 @@ class SearchService:
 
     def search_path(self, path: str, k: int) -> Answer:
         """Search with the stored embedding of an indexed image, named by its path."""
-        row = self.collection.rows_by_path.get(_path_key(path))
+        row = self.collection.rows_by_path.get(path_key(path))
         if row is None:
             raise QueryError(f"path {path!r} is not in the index", status=404)
         return self.search_row(row, k)
@@ -144,9 +141,12 @@ class SearchService:
         return Answer(query, neighbours, [float(value) for value in embedding], timing_ms)
 
     def check_row(self, row: int, collection: Collection | None = None) -> None:
-        count = len((collection or self.collection).features.paths)
+        features = (collection or self.collection).features
+        count = len(features.paths)
         if not 0 <= row < count:
             raise QueryError(f"row {row}: the index has rows 0 to {count - 1}", status=404)
+        if row in features.removed:
+            raise QueryError(f"row {row}: removed from the index", status=404)
 
     def image_file(self, row: int) -> Path:
         """The file of an indexed row (only rows of the index can be read)."""
@@ -175,8 +175,11 @@ class SearchService:
         return {"model": encoder.identity.as_dict(), "model_source": encoder.source,
                 "features": str(self.features_path), "images": len(collection.features.paths),
                 "dim": int(collection.index.d),
-                "index": {"kind": kind, "vectors": int(collection.index.ntotal), "nlist": report.get("nlist"),
-                          "nprobe": report.get("nprobe"), "recall_at_10": recall},
+                "index": {"kind": kind, "description": report.get("description"),
+                          "vectors": int(collection.index.ntotal), "removed": len(collection.features.removed),
+                          "nlist": report.get("nlist"), "nprobe": report.get("nprobe"),
+                          "ef_search": report.get("ef_search"), "recall_at_10": recall,
+                          "query_ms": report.get("query_ms"), "bytes": report.get("index_bytes")},
                 "loaded_at": collection.loaded_at}
 
 

@@ -1,0 +1,100 @@
+"""`simclr index`'s work on disk: build the index of one or several features files (reading them in chunks), add
+the rows of new features files to it, or remove rows by path, keeping its manifest true."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from simclr.embed.features import load_parts, path_key
+from simclr.embed.shards import PART_PATTERN
+from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+from simclr.search.index import IndexReport, add_vectors, build_index, remove_rows
+from simclr.search.store import IndexManifest, index_path, load_index, read_manifest, save_index
+from simclr.search.vectors import vector_source
+
+log = logging.getLogger("simclr")
+
+
+def default_index_file(parts: list[Path]) -> Path:
+    """Beside the first features file: feats.npy -> feats.faiss, and the parts feats-K-of-N.npy -> feats.faiss."""
+    first = Path(parts[0])
+    match = PART_PATTERN.fullmatch(first.stem)
+    if match and len(parts) == int(match["count"]):
+        return first.with_name(f"{match['stem']}.faiss")
+    return index_path(first)
+
+
+def _headers(parts: list[Path]) -> list[FeaturesHeader | None]:
+    """Each part's sidecar header, or None (with a warning) for a bare .npy of vectors."""
+    import json
+
+    headers = []
+    for part in parts:
+        if not Path(part).is_file():
+            raise FileNotFoundError(f"{part}: no such features file")
+        sidecar = sidecar_path(part)
+        if not sidecar.is_file():
+            log.warning("%s has no sidecar (%s): its rows are indexed by number, and no model is recorded",
+                        part, sidecar.name)
+            headers.append(None)
+            continue
+        with open(sidecar) as file:
+            headers.append(FeaturesHeader.from_json(json.loads(file.readline() or "null"), sidecar))
+    known = [(part, header) for part, header in zip(parts, headers, strict=True) if header]
+    for part, header in known[1:]:
+        if header.model != known[0][1].model:
+            raise ValueError(f"{part} was embedded with {header.model.name} v{header.model.version}, {known[0][0]} "
+                             f"with {known[0][1].model.name} v{known[0][1].model.version}: one index holds one "
+                             "model's rows")
+    return headers
+
+
+def build_index_files(parts: list[Path], index_file: Path | None = None, **options) -> tuple[Path, IndexReport]:
+    """Build and save the index of the features files `parts` (rows in that order); `options` go to build_index."""
+    parts = [Path(part) for part in parts]
+    _headers(parts)
+    index_file = Path(index_file or default_index_file(parts))
+    index, report = build_index(vector_source(parts), **options)
+    save_index(index, parts, report, index_file=index_file)
+    return index_file, report
+
+
+def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
+    """Append the rows of `new_parts` to the index (no rebuild: an IVF index puts them in its trained lists) and to
+    its manifest. They must come from the model of the indexed parts (or be bare vectors of the same width)."""
+    index, manifest = load_index(index_file, mmap=False)
+    parts = manifest.part_paths(index_file.parent)
+    new_parts = [Path(part) for part in new_parts]
+    if already := {part.resolve() for part in parts} & {part.resolve() for part in new_parts}:
+        raise ValueError(f"--add {', '.join(map(str, already))}: already in {index_file}")
+    _headers(parts + new_parts)
+    source = vector_source(new_parts)
+    if source.dim != index.d:
+        raise ValueError(f"--add: rows of {source.dim} dimensions, {index_file} holds {index.d}")
+    add_vectors(index, source, sum(part.rows for part in manifest.parts))
+    save_index(index, parts + new_parts, manifest.report, manifest.removed, index_file)
+    return read_manifest(index_file)
+
+
+def remove_index_paths(index_file: Path, paths: list[str]) -> tuple[IndexManifest, list[str]]:
+    """Take the rows of the images at `paths` out of the index; the manifest records them. Returns the manifest and
+    the paths that were already out. ValueError names paths that were never indexed (nothing is changed)."""
+    index, manifest = load_index(index_file, mmap=False)
+    features = load_parts(manifest.part_paths(index_file.parent))
+    rows: dict[str, list[int]] = {}
+    for row, path in enumerate(features.paths):
+        rows.setdefault(path_key(path), []).append(row)
+    unknown = [path for path in paths if path_key(path) not in rows]
+    if unknown:
+        raise ValueError(f"--remove: not in {index_file}: {', '.join(unknown[:5])}"
+                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    wanted = sorted({row for path in paths for row in rows[path_key(path)]})
+    already_out = set(manifest.removed)
+    removing = [row for row in wanted if row not in already_out]
+    if removing:
+        remove_rows(index, removing)
+        save_index(index, manifest.part_paths(index_file.parent), manifest.report, (*manifest.removed, *removing),
+                   index_file)
+    skipped = [path for path in paths if all(row in already_out for row in rows[path_key(path)])]
+    return read_manifest(index_file), skipped

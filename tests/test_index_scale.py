@@ -1,0 +1,209 @@
+"""simclr index at scale, in small: chunked reads, the plan for a memory budget, every kind tuned to its recall,
+the budget held (peak RSS of a real process), --add and --remove, shards indexed and searched directly, bare
+vectors, memory-mapped loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from simclr.cli.app import app
+from simclr.embed.encoder import ModelIdentity
+from simclr.embed.onnx_encoder import OnnxEncoder
+from simclr.embed.runner import embed_images
+from simclr.embed.sidecar import FeaturesHeader
+from simclr.embed.writer import FeatureWriter
+from simclr.search import vectors as vectors_module
+from simclr.search.index import build_index, recall_at_k, search
+from simclr.search.plan import parse_size, plan_index
+from simclr.search.query import open_index
+from simclr.search.store import load_index, read_manifest
+from simclr.search.vectors import VectorFile, normalise_in_place
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _clustered(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Vectors around 200 centres with a spread like real embeddings' (neighbours close, not identical)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, dim))
+    return (centres[rng.integers(0, 200, count)] + 0.6 * rng.standard_normal((count, dim))).astype(np.float32)
+
+
+def _features(path: Path, vectors: np.ndarray, model: str = "synthetic") -> list[str]:
+    """feats.npy + sidecar for `vectors`, written by the real FeatureWriter; returns the image paths."""
+    paths = [f"{path.stem}/{row}.png" for row in range(len(vectors))]
+    header = FeaturesHeader(model=ModelIdentity(model, "1", "", 32, vectors.shape[1]), model_source="",
+                            inputs=(path.stem,), cwd=os.getcwd(), normalized=False, images=len(vectors))
+    with FeatureWriter(path, vectors.shape[1], header, resume=False) as writer:
+        writer.write(paths, [None] * len(paths), vectors, [None] * len(paths))
+        writer.finish()
+    return paths
+
+
+def test_a_vector_file_is_read_in_chunks_and_bad_files_are_named(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = _clustered(1000, 16)
+    np.save(tmp_path / "v.npy", vectors)
+    monkeypatch.setattr(vectors_module, "CHUNK_BYTES", 64 * 16 * 4)  # 64 rows a chunk
+    source = VectorFile(tmp_path / "v.npy")
+    chunks = [(start, chunk.copy()) for start, chunk in source.chunks()]
+    assert [start for start, _ in chunks] == list(range(0, 1000, 64))
+    expected = normalise_in_place(vectors.copy())
+    np.testing.assert_allclose(np.concatenate([chunk for _, chunk in chunks]), expected, rtol=1e-6)
+    np.testing.assert_allclose(source.rows(np.array([999, 3, 500])), expected[[999, 3, 500]], rtol=1e-6)
+    np.save(tmp_path / "int.npy", np.zeros((4, 4), np.int64))
+    np.save(tmp_path / "flat.npy", np.zeros(16, np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:5000])
+    (tmp_path / "text.npy").write_text("no")
+    for name, message in [("int", "int64 of shape"), ("flat", "shape \\(16,\\)"), ("cut", "shorter than"),
+                          ("text", "not a .npy array")]:
+        with pytest.raises(ValueError, match=f"{name}.npy: .*{message}"):
+            VectorFile(tmp_path / f"{name}.npy")
+
+
+def test_the_plan_fits_the_budget_or_names_it() -> None:
+    assert parse_size("2G") == 2 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("1.5g") == 3 << 29
+    with pytest.raises(ValueError, match="--memory-budget lots"):
+        parse_size("lots")
+    assert plan_index(10_000, 512).kind == "flat" and plan_index(100_000, 512).kind == "ivf"
+    five_million = plan_index(5_000_000, 512, available=(2 << 30) - (200 << 20))
+    assert five_million.kind == "ivfpq" and five_million.opq
+    assert five_million.peak_bytes <= (2 << 30) - (200 << 20)
+    assert five_million.index_bytes < 5_000_000 * 512  # compressed at least 4x
+    assert plan_index(5_000_000, 512, available=16 << 30).kind == "ivf"
+    with pytest.raises(ValueError, match="--memory-budget: .* the smallest .* needs about"):
+        plan_index(5_000_000, 512, available=50 << 20)
+    with pytest.raises(ValueError, match="--memory-budget"):
+        plan_index(5_000_000, 512, kind="flat", available=1 << 30)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_each_kind_is_tuned_to_the_target_recall_or_says_why(kind: str) -> None:
+    vectors = _clustered(20_000, 32)
+    index, report = build_index(vectors, kind, target_recall=0.9)
+    assert report.kind == kind and report.query_ms > 0 and report.peak_rss_bytes > 0
+    queries = normalise_in_place(vectors[:200].copy())
+    _, exact = search(build_index(vectors, "flat")[0], queries, 10)
+    _, found = search(index, queries, 10)
+    assert recall_at_k(found, exact) == pytest.approx(report.recall_at_10, abs=0.08)
+    assert report.target_met == (report.recall_at_10 >= 0.9) and bool(report.note) != report.target_met
+    if kind in ("flat", "ivf", "hnsw"):
+        assert report.target_met
+
+
+def test_max_query_ms_stops_the_tuning_and_says_so() -> None:
+    index, report = build_index(_clustered(20_000, 32), "ivf", target_recall=1.0, max_query_ms=1e-6)
+    assert report.nprobe == 1 and not report.target_met and "within --max-query-ms" in report.note
+
+
+def test_the_process_stays_within_its_memory_budget(tmp_path: Path) -> None:
+    _features(tmp_path / "small.npy", _clustered(1000, 64))
+    _features(tmp_path / "feats.npy", _clustered(200_000, 64, seed=1))
+
+    def index(features: str, *options: str) -> dict:
+        result = subprocess.run([sys.executable, "-m", "simclr", "index", str(tmp_path / features), "--json",
+                                 *options], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    baseline = index("small.npy", "--kind", "flat")["peak_rss_bytes"]  # the process itself: Python, FAISS, numpy
+    budget = baseline + (60 << 20)  # the raw vectors alone take 49 MiB, an IVF index of them 66 MiB
+    report = index("feats.npy", "--memory-budget", f"{budget >> 20}M", "--pq-bytes", "8")
+    assert report["kind"] == "ivfpq" and report["peak_rss_bytes"] <= 1.2 * budget
+    assert report["memory_budget"] == budget >> 20 << 20 and report["index_bytes"] < 200_000 * 64 * 4 / 4
+    assert read_manifest(tmp_path / "feats.faiss").report["description"] == report["description"]
+
+
+def test_rows_are_added_and_removed_without_a_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    vectors = _clustered(3000, 32)
+    first = _features(Path("a.npy"), vectors[:2000])
+    second = _features(Path("b.npy"), vectors[2000:])
+    assert _cli("index", "a.npy", "--kind", "ivf", "--nlist", "16").exit_code == 0
+    added = _cli("index", "a.npy", "--add", "b.npy", "--json")
+    assert added.exit_code == 0, added.output and json.loads(added.stdout)["vectors"] == 3000
+    features, index = open_index(Path("a.faiss"))
+    assert features.paths == first + second and index.ntotal == 3000
+    _, rows = search(index, vectors[2500:2501], 1)
+    assert rows[0, 0] == 2500
+    removed = _cli("index", "a.faiss", "--remove", second[500], "--remove", first[7], "--json")
+    assert removed.exit_code == 0, removed.output
+    features, index = open_index(Path("a.npy"))
+    assert features.removed == {7, 2500} and index.ntotal == 2998
+    _, rows = search(index, vectors[[2500, 7]], 5)
+    assert not {7, 2500} & set(rows.ravel().tolist())
+    again = _cli("index", "a.npy", "--remove", first[7], "--json")
+    assert json.loads(again.stdout)["already_removed"] == [first[7]]
+    for args, message in [(["--remove", "nowhere.png"], "not in a.faiss: nowhere.png"),
+                          (["--add", "b.npy"], "already in a.faiss")]:
+        result = _cli("index", "a.npy", *args)
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
+    _features(Path("other.npy"), vectors[:10], model="another")
+    refused = _cli("index", "a.npy", "--add", "other.npy")
+    assert refused.exit_code == 1 and "one index holds one model's rows" in refused.output
+    assert read_manifest(Path("a.faiss")).vectors == 2998  # the refusals changed nothing
+
+
+def test_hnsw_cannot_remove_and_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths = _features(Path("h.npy"), _clustered(500, 16))
+    assert _cli("index", "h.npy", "--kind", "hnsw").exit_code == 0
+    result = _cli("index", "h.npy", "--remove", paths[0])
+    assert result.exit_code == 1 and "an HNSW index cannot remove rows" in result.output
+
+
+def test_bare_vectors_are_indexed_with_a_warning(tmp_path: Path) -> None:
+    np.save(tmp_path / "bare.npy", _clustered(2000, 16))
+    result = _cli("index", str(tmp_path / "bare.npy"), "--json")
+    assert result.exit_code == 0, result.output
+    assert "no sidecar" in result.stderr and "no model is recorded" in result.stderr
+    index, manifest = load_index(tmp_path / "bare.faiss")
+    assert index.ntotal == 2000 and manifest.parts[0].rows == 2000
+    np.save(tmp_path / "wide.npy", _clustered(10, 8))
+    wrong = _cli("index", str(tmp_path / "bare.npy"), "--add", str(tmp_path / "wide.npy"))
+    assert wrong.exit_code == 1 and "rows of 8 dimensions" in wrong.output
+
+
+def test_shards_are_indexed_and_searched_without_a_merge(image_folder: Path, tiny_repo: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    for job in range(2):
+        embed_images([image_folder], Path("feats.npy"), encoder, workers=0, progress=False, shard=(job, 2))
+    embed_images([image_folder], Path("whole/feats.npy"), encoder, workers=0, progress=False)
+    built = _cli("index", "feats-0-of-2.npy", "feats-1-of-2.npy", "--json")
+    assert built.exit_code == 0, built.output and json.loads(built.stdout)["index"] == "feats.faiss"
+    queries = sorted(str(path) for path in image_folder.rglob("*.png"))[:3]
+    answers = []
+    for index in ("feats.faiss", "whole/feats.npy"):
+        result = _cli("search", *queries, "--index", index, "-k", "4", "--json")
+        assert result.exit_code == 0, result.output
+        answers.append([[n["path"] for n in entry["neighbours"]] for entry in json.loads(result.stdout)["results"]])
+    assert answers[0] == answers[1] and answers[0][0][0] == os.path.abspath(queries[0])
+
+
+def test_an_index_opens_memory_mapped(tmp_path: Path) -> None:
+    vectors = _clustered(100_000, 64)
+    _features(tmp_path / "m.npy", vectors)
+    assert _cli("index", str(tmp_path / "m.npy"), "--kind", "flat").exit_code == 0
+    script = ("import sys, faiss; from simclr.search.store import load_index\n"
+              "from simclr.search.index import resident_bytes\n"
+              "before = resident_bytes(); index, _ = load_index(sys.argv[1], mmap=sys.argv[2] == 'mmap')\n"
+              "print((resident_bytes() - before) >> 20)")
+    grown = {mode: int(subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.faiss"), mode],
+                                      capture_output=True, text=True, check=True).stdout) for mode in ("mmap", "read")}
+    assert grown["mmap"] < 5 and grown["read"] >= 20  # 100,000 x 64 floats = 24 MiB
+    mapped, _ = load_index(tmp_path / "m.faiss")
+    read, _ = load_index(tmp_path / "m.faiss", mmap=False)
+    queries = vectors[:20]
+    np.testing.assert_array_equal(search(mapped, queries, 5)[1], search(read, queries, 5)[1])
