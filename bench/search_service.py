@@ -33,9 +33,10 @@ from simclr.embed.runner import embed_images
 from simclr.embed.sidecar import FeaturesHeader, listing_sha256
 from simclr.embed.writer import FeatureWriter
 from simclr.ports import free_port
-from simclr.search.index import EXACT_UP_TO, build_index, index_report, save_index
+from simclr.search.index import EXACT_UP_TO, build_index
 from simclr.search.server import SearchServer
 from simclr.search.service import SearchService
+from simclr.search.store import index_path, index_report, save_index
 
 CACHE = REPO / ".cache" / "bench"
 
@@ -63,7 +64,7 @@ def ensure_index(features: Path, kind: str, nlist: int | None = None) -> None:
 
     vectors = load_features(features).vectors
     wanted = kind if kind != "auto" else ("flat" if len(vectors) <= EXACT_UP_TO else "ivf")
-    saved = index_report(features)
+    saved = index_report(index_path(features))
     if saved and saved["kind"] == wanted and (nlist is None or saved["nlist"] == nlist):
         return
     started = time.perf_counter()
