@@ -75,12 +75,13 @@ def test_the_plan_fits_the_budget_or_names_it() -> None:
     assert parse_size("2G") == 2 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("1.5g") == 3 << 29
     with pytest.raises(ValueError, match="--memory-budget lots"):
         parse_size("lots")
-    assert plan_index(10_000, 512).kind == "flat" and plan_index(100_000, 512).kind == "ivf"
+    assert [plan_index(count, 512).kind for count in (10_000, 100_000, 2_000_000)] == ["flat", "hnsw", "ivf"]
     five_million = plan_index(5_000_000, 512, available=(2 << 30) - (200 << 20))
     assert five_million.kind == "ivfpq" and five_million.opq
     assert five_million.peak_bytes <= (2 << 30) - (200 << 20)
     assert five_million.index_bytes < 5_000_000 * 512  # compressed at least 4x
     assert plan_index(5_000_000, 512, available=16 << 30).kind == "ivf"
+    assert plan_index(500_000, 512, available=900 << 20).kind == "ivfpq"  # HNSW (1.4 GiB) and IVF do not fit
     with pytest.raises(ValueError, match="--memory-budget: .* the smallest .* needs about"):
         plan_index(5_000_000, 512, available=50 << 20)
     with pytest.raises(ValueError, match="--memory-budget"):

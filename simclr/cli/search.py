@@ -25,9 +25,9 @@ def index_command(
     out: Annotated[Path | None, Option(help="The index file. [default: beside the first features file, "
                                             "FEATURES.faiss; feats.faiss for the parts feats-K-of-N.npy]")] = None,
     kind: Annotated[Literal[KINDS], Option(
-        help="auto: exact up to 50,000 vectors, else IVF, or with --memory-budget the first of exact, IVF and "
-             "IVF-PQ (codes of 128 down to 4 bytes, OPQ-rotated at 16x compression and more) that fits; hnsw: "
-             "FAISS's graph (fast, but it needs the full vectors and cannot remove rows).")] = "auto",
+        help="auto: the first of exact (up to 50,000 vectors), HNSW (up to 1,000,000), IVF and IVF-PQ (codes of 128 "
+             "down to 4 bytes, OPQ-rotated at 16x compression and more) that fits --memory-budget; hnsw: FAISS's "
+             "graph (the fastest queries, but it holds the full vectors and cannot remove rows).")] = "auto",
     memory_budget: Annotated[str | None, Option(
         help="Peak memory of the whole process while building, as /usr/bin/time -v reports it (e.g. 2G, 512M); "
              "auto picks the index that fits, another kind is refused when it cannot. [default: no limit]")] = None,

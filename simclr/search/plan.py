@@ -2,7 +2,8 @@
 
 Sizes are what FAISS holds in memory: flat 4D bytes a vector; IVF 4D + 8 (the row id) plus the centroids; IVF-PQ
 its code bytes + 8 plus centroids, codebooks and (OPQ) a D x D rotation; HNSW 4D plus 2M neighbour links of 4 bytes.
-`auto` takes, of exact (up to EXACT_UP_TO vectors), IVF, then IVF-PQ with ever smaller codes, the first that fits.
+`auto` takes, of exact (up to EXACT_UP_TO vectors), HNSW (up to HNSW_UP_TO), IVF, then IVF-PQ with ever smaller
+codes, the first that fits (without a budget: the first).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ TRAINING_ROWS_PER_LIST = 40  # FAISS warns below 39
 PQ_TRAINING_ROWS = 10_000  # 8-bit codebooks: 256 centroids a sub-quantizer, 39 points each
 CODE_BYTES = (128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # IVF-PQ code sizes `auto` tries, largest (best recall) first
 HNSW_M = 32
+HNSW_UP_TO = 1_000_000  # `auto` builds HNSW up to here (fastest queries at a given recall; minutes to build on 2 cores)
 GROWTH = 1.25  # inverted lists grow by doubling: room for what is allocated but not yet filled
 ADDING_BYTES = 32 << 20  # a chunk of rows as read and FAISS's temporaries while adding it (rotated, residuals)
 TRAINING_FACTOR = 4.5  # k-means and OPQ hold copies of the training sample: peak over the sample, measured
@@ -116,9 +118,9 @@ def plan_index(count: int, dim: int, kind: str = "auto", available: int | None =
     candidates = {"flat": [IndexPlan("flat")], "ivf": ivf, "ivfpq": ivfpq,
                   "hnsw": [IndexPlan("hnsw", hnsw_m=HNSW_M)]}.get(kind)
     if candidates is None:  # auto
-        small = count <= EXACT_UP_TO
-        candidates = [IndexPlan("flat")] if small and available is None else \
-            [*([IndexPlan("flat")] if small else []), *ivf, *ivfpq]
+        small, graph = count <= EXACT_UP_TO, count <= HNSW_UP_TO
+        candidates = [*([IndexPlan("flat")] if small else []), *([IndexPlan("hnsw", hnsw_m=HNSW_M)] if graph else []),
+                      *ivf, *ivfpq]
     plans = [sized(plan, count, dim) for plan in candidates]
     for plan in plans:
         if available is None or plan.peak_bytes <= available:
