@@ -16,7 +16,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from simclr.cli.app import app
 from simclr.data.images import find_images
 from simclr.embed.encoder import EncoderSpec
 from simclr.embed.onnx_encoder import OnnxEncoder
@@ -157,6 +159,37 @@ def test_reload_swaps_the_index_without_dropping_requests(photo_collection: Path
         refused = client.post("/reload")
         assert refused.status_code == 409 and "still serving the previous index" in refused.json()["error"]
         assert client.get("/info").json()["images"] == reloaded.json()["images"]
+
+
+def test_the_service_serves_an_index_of_shards_and_follows_add_and_remove(tiny_repo: Path, real_photos: Path,
+                                                                           tmp_path: Path) -> None:
+    from simclr.search.indexing import add_index_files, remove_index_paths
+
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    for job in range(2):
+        embed_images([real_photos / "sample"], tmp_path / "feats.npy", encoder, workers=0, progress=False,
+                     shard=(job, 2))
+    embed_images([real_photos / "modes"], tmp_path / "new.npy", encoder, workers=0, progress=False)
+    parts = [tmp_path / "feats-0-of-2.npy", tmp_path / "feats-1-of-2.npy"]
+    assert CliRunner().invoke(app, ["index", *map(str, parts), "--kind", "flat"]).exit_code == 0
+    spec = EncoderSpec(model=str(tiny_repo / "tiny"))
+    with SearchServer(SearchService(tmp_path / "feats.faiss", spec), port=free_port()) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        info = client.get("/info").json()
+        assert info["index"]["kind"] == "flat" and info["images"] == len(find_images(real_photos / "sample"))
+        add_index_files(tmp_path / "feats.faiss", [tmp_path / "new.npy"])
+        grown = client.post("/reload").json()["images"]
+        assert grown == info["images"] + len(find_images(real_photos / "modes"))
+        gone = client.post("/search", json={"row": 3, "k": 1}).json()["results"][0]["query"]
+        remove_index_paths(tmp_path / "feats.faiss", [gone])
+        assert client.post("/reload").status_code == 200
+        assert client.get("/info").json()["index"]["removed"] == 1
+        for request in ({"row": 3}, {"path": gone}):
+            refused = client.post("/search", json=request)
+            assert refused.status_code == 404, refused.text
+        answer = client.post("/search", json={"row": 0, "k": grown}).json()
+        rows = [neighbour["row"] for neighbour in answer["results"][0]["neighbours"]]
+        assert 3 not in rows and len(rows) == grown - 1
 
 
 def _start_command(*args: str) -> tuple[subprocess.Popen, str]:

@@ -16,8 +16,9 @@ Option = typer.Option
 
 @with_encoder_options
 def search_server_command(
-    index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy); its index feats.faiss "
-                                                  "is built (as `simclr index` would) when missing.")
+    index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy; its index feats.faiss "
+                                                  "is built as `simclr index` would when missing), or an index "
+                                                  "(.faiss: its manifest names the features files, shards too).")
                      ] = Path("feats.npy"),
     host: Annotated[str, Option(help="Address to bind; 0.0.0.0 serves every interface (then give --token).")
                     ] = "127.0.0.1",
@@ -36,7 +37,7 @@ def search_server_command(
     GET /images/ROW, /thumbs/ROW, /info, /healthz, /metrics, POST /reload; its OpenAPI page is /docs) and a web
     page at /.
 
-    The features are memory-mapped, and the index and the model loaded once; SIGHUP or POST /reload swaps in the
+    The features and the index are memory-mapped, and the model loaded once; SIGHUP or POST /reload swaps in the
     index as it is on disk now without dropping requests in flight.
     """
     from simclr.search.api import ServiceOptions
