@@ -23,6 +23,7 @@ __all__ = ["EXACT_UP_TO", "KINDS", "IndexReport", "build_index", "recall_at_k", 
 TIMED_QUERIES = 50  # single queries timed at each setting
 SEARCH_PARAMETERS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+PLATEAU = 0.003  # a doubling of nprobe/efSearch that gains less recall than this is not worth its time
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,17 @@ def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target
         sorted({min(plan.nlist, 2 ** power) for power in range(plan.nlist.bit_length() + 1)})
     parameters = faiss.ParameterSpace()
     best: tuple[int, float, float] | None = None
+    limit = f"at the largest {name}"
     for value in values:
         parameters.set_index_parameter(index, name, value)
         _, found = index.search(queries, exact.shape[1])
         recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries)
         if max_query_ms is not None and query_ms > max_query_ms and best is not None:
+            limit = f"within --max-query-ms {max_query_ms:g}"
+            break
+        if best is not None and recall < best[1] + PLATEAU:  # compressed codes, not nprobe, cap the recall
+            limit = f"where doubling {name} adds under {PLATEAU:g}" + (" (the compressed codes cap it)"
+                                                                         if plan.kind == "ivfpq" else "")
             break
         best = (value, recall, query_ms)
         if recall >= target_recall:
@@ -166,8 +173,6 @@ def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target
     parameters.set_index_parameter(index, name, value)
     note = ""
     if recall < target_recall:
-        timed_out = max_query_ms is not None and value != values[-1]
-        limit = f"within --max-query-ms {max_query_ms:g}" if timed_out else f"at the largest {name}"
         note = f"recall@10 {recall:.3f} is below the target {target_recall:g} {limit}; kept {name} {value}"
     elif max_query_ms is not None and query_ms > max_query_ms:
         note = f"one query takes {query_ms:.1f} ms, over --max-query-ms {max_query_ms:g}, at {name} {value}"
