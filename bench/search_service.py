@@ -1,12 +1,11 @@
 """The search service's latency and queries per second, in one run, against `simclr-search` processes:
 
 (a) real features: Tiny ImageNet's ~100k photos (all 8 shards) embedded with the default model (cached in
-    .cache/bench/ after the first run), with the index `simclr index` builds by default (`auto`: IVF at this size,
-    nprobe raised to recall@10 >= 0.95) and with an exact one (`flat`); (b) 1,000,000 synthetic 512-d vectors
-    (clustered) with an IVF index (1,024 lists). For each: p50/p99 latency and QPS of row queries (JSON {"row": i})
-    and uploaded-photo queries (multipart: decode + embed + search) at concurrency 1 and 8, over real HTTP to
-    `simclr search-server`'s service. Baseline in the same run: the same photo queries as `simclr-search PHOTO --json`
-    processes, one query each.
+    .cache/bench/ after the first run), with an IVF index (nprobe raised to recall@10 >= 0.95) and with an exact
+    one (`flat`); (b) 1,000,000 synthetic 512-d vectors (clustered) with an IVF index (1,024 lists). For each:
+    p50/p99 latency and QPS of row queries (JSON {"row": i}) and uploaded-photo queries (multipart: decode + embed +
+    search) at concurrency 1 and 8, over real HTTP to `simclr search-server`'s service. Baseline in the same run:
+    the same photo queries as `simclr-search PHOTO --json` processes, one query each.
 
     python bench/search_service.py --out bench/results/search_service.json
 """
@@ -33,7 +32,7 @@ from simclr.embed.runner import embed_images
 from simclr.embed.sidecar import FeaturesHeader, listing_sha256
 from simclr.embed.writer import FeatureWriter
 from simclr.ports import free_port
-from simclr.search.index import EXACT_UP_TO, build_index
+from simclr.search.index import build_index
 from simclr.search.server import SearchServer
 from simclr.search.service import SearchService
 from simclr.search.store import index_path, index_report, save_index
@@ -63,9 +62,8 @@ def ensure_index(features: Path, kind: str, nlist: int | None = None) -> None:
     from simclr.embed.features import load_features
 
     vectors = load_features(features).vectors
-    wanted = kind if kind != "auto" else ("flat" if len(vectors) <= EXACT_UP_TO else "ivf")
     saved = index_report(index_path(features))
-    if saved and saved["kind"] == wanted and (nlist is None or saved["nlist"] == nlist):
+    if saved and saved["kind"] == kind and (nlist is None or saved["nlist"] == nlist):
         return
     started = time.perf_counter()
     index, report = build_index(vectors, kind, nlist=nlist)
@@ -174,7 +172,7 @@ def main() -> None:
     features, photos = real_features()
     photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))[:256]]
     results = []
-    for kind in ("auto", "flat"):
+    for kind in ("ivf", "flat"):
         ensure_index(features, kind)
         results.append(bench_collection(f"tinyimagenet ({kind} index)", features, photos, args))
     synthetic = synthetic_features(args.synthetic)
