@@ -92,10 +92,14 @@ def test_a_bad_file_fails_its_own_request_and_the_rest_of_the_batch_is_answered(
            "truncated": good[0][: len(good[0]) // 3],
            "oversize": b"\xff\xd8" + bytes(20_000_000)}  # over the default 20 MB: refused before decoding
     requests = [[file] for file in good] + [[good[1], bad[name]] for name in bad]
-    before = _preprocess_statistics(triton)
-    with ThreadPoolExecutor(len(requests)) as pool:  # all at once, so dynamic batches mix good and bad requests
-        futures = [pool.submit(_send, triton.grpc_url, request) for request in requests]
-        outcomes = [future.exception() or future.result() for future in futures]
+    for _ in range(3):  # all at once, so dynamic batches mix good and bad requests (a busy machine may not, once)
+        before = _preprocess_statistics(triton)
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(_send, triton.grpc_url, request) for request in requests]
+            outcomes = [future.exception() or future.result() for future in futures]
+        after = _preprocess_statistics(triton)
+        if after["execution_count"] - before["execution_count"] < len(requests):  # requests shared batches
+            break
     local = OnnxEncoder(tiny_repo / "tiny")
     for file, outcome in zip(good, outcomes, strict=False):
         decoded = load_image(_as_file(file), 32)
@@ -105,9 +109,8 @@ def test_a_bad_file_fails_its_own_request_and_the_rest_of_the_batch_is_answered(
     assert "image_bytes[1]" in messages["garbage"] and "not an image file" in messages["garbage"]
     assert "image_bytes[1]: cannot decode" in messages["truncated"]
     assert "20,000,002 bytes, over this model's limit of 20,000,000" in messages["oversize"]
-    after = _preprocess_statistics(triton)
     assert after["inference_count"] - before["inference_count"] == len(good) + 2 * len(bad)
-    assert after["execution_count"] - before["execution_count"] < len(requests)  # requests shared batches
+    assert after["execution_count"] - before["execution_count"] < len(requests)
     assert triton.running() and np.array_equal(_send(triton.grpc_url, good[:1]), outcomes[0])
 
 
