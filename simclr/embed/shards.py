@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+from simclr.embed.sidecar import FeaturesHeader, read_header, sidecar_path
 from simclr.embed.writer import FeatureWriter
 
 SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
@@ -102,11 +102,10 @@ def _check_parts(parts: list[Path]) -> list[FeaturesHeader]:
 
 
 def _header(path: Path) -> FeaturesHeader:
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"{sidecar}: the sidecar of {path} is missing (re-run that job)")
-    with open(sidecar) as file:
-        return FeaturesHeader.from_json(json.loads(file.readline() or "null"), sidecar)
+    try:
+        return read_header(path)
+    except FileNotFoundError as missing:
+        raise FileNotFoundError(f"{missing} (re-run that job)") from None
 
 
 class _PartReader:

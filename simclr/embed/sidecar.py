@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,15 @@ def listing_sha256(paths: Iterable[str]) -> str:
 def sidecar_path(features_path: Path) -> Path:
     """feats.npy -> feats.jsonl"""
     return Path(features_path).with_suffix(".jsonl")
+
+
+def read_header(features_path: Path) -> FeaturesHeader:
+    """The header of the sidecar beside `features_path`; FileNotFoundError/ValueError name the file."""
+    sidecar = sidecar_path(features_path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar}: the sidecar of {features_path} is missing")
+    with open(sidecar) as file:
+        return FeaturesHeader.from_json(json.loads(file.readline() or "null"), sidecar)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from simclr.embed.features import load_parts, path_key
 from simclr.embed.shards import PART_PATTERN
-from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+from simclr.embed.sidecar import FeaturesHeader, read_header, sidecar_path
 from simclr.search.index import IndexReport, add_vectors, build_index, remove_rows
 from simclr.search.store import IndexManifest, index_path, load_index, read_manifest, save_index
 from simclr.search.vectors import vector_source
@@ -27,8 +27,6 @@ def default_index_file(parts: list[Path]) -> Path:
 
 def _headers(parts: list[Path]) -> list[FeaturesHeader | None]:
     """Each part's sidecar header, or None (with a warning) for a bare .npy of vectors."""
-    import json
-
     headers = []
     for part in parts:
         if not Path(part).is_file():
@@ -39,8 +37,7 @@ def _headers(parts: list[Path]) -> list[FeaturesHeader | None]:
                         part, sidecar.name)
             headers.append(None)
             continue
-        with open(sidecar) as file:
-            headers.append(FeaturesHeader.from_json(json.loads(file.readline() or "null"), sidecar))
+        headers.append(read_header(part))
     known = [(part, header) for part, header in zip(parts, headers, strict=True) if header]
     for part, header in known[1:]:
         if header.model != known[0][1].model:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM stopped the run after saving a checkpoint it can resume from."""
 
 
-class EpochLoop:
+class EpochLoop(ABC):
     """Runs `config.epochs` epochs (or to `max_steps`) of `train_step` over `batches`.
 
     The subclass sets `steps_per_epoch`, `max_steps`, `schedule` (the learning rate of every step) and `step_names`
@@ -58,19 +59,19 @@ class EpochLoop:
         self.resumed = False
         self.metrics: MetricsLog | None = None  # opened by run_epochs(); building a loop writes nothing
 
+    @abstractmethod
     def batches(self, epoch: int, skip: int) -> Iterator:
         """This rank's batches of `epoch`, after the first `skip` (done before a resume)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_step(self, batch) -> tuple[float, ...]:
         """One optimiser step; returns the values named by `step_names`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, epoch: int) -> None:
         """Save everything needed to continue exactly from here (collective: every rank calls it)."""
-        raise NotImplementedError
 
-    def end_of_epoch(self, record: dict) -> None:
+    def end_of_epoch(self, record: dict) -> None:  # noqa: B027 (an optional hook: by default nothing to add)
         """Add what an epoch's end measures (evaluation, kNN) to its metrics record."""
 
     def loop_state(self, epoch: int) -> dict:
