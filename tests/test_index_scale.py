@@ -21,7 +21,7 @@ from simclr.embed.runner import embed_images
 from simclr.embed.sidecar import FeaturesHeader
 from simclr.embed.writer import FeatureWriter
 from simclr.search import vectors as vectors_module
-from simclr.search.index import build_index, recall_at_k, search
+from simclr.search.index import build_index, recall_at_k, renumber_rows, search
 from simclr.search.plan import parse_size, plan_index
 from simclr.search.query import open_index
 from simclr.search.store import load_index, read_manifest
@@ -161,6 +161,24 @@ def test_hnsw_cannot_remove_and_says_what_to_do(tmp_path: Path, monkeypatch: pyt
     assert _cli("index", "h.npy", "--kind", "hnsw").exit_code == 0
     result = _cli("index", "h.npy", "--remove", paths[0])
     assert result.exit_code == 1 and "an HNSW index cannot remove rows" in result.output
+
+
+def test_row_ids_are_renumbered_in_every_kind_but_a_positional_hnsw() -> None:
+    import faiss
+
+    vectors = normalise_in_place(_clustered(2000, 16))
+    order = np.random.default_rng(1).permutation(2000)  # row `old` becomes row order[old]
+    for kind in ("flat", "ivf", "ivfpq", "hnsw"):
+        index, _ = build_index(vectors, kind=kind, nlist=16 if kind.startswith("ivf") else None,
+                               pq_bytes=8 if kind == "ivfpq" else None)
+        _, before = search(index, vectors[:20], 5)
+        renumber_rows(index, order)
+        _, after = search(index, vectors[:20], 5)
+        assert np.array_equal(after, order[before]), kind
+    positional = faiss.IndexHNSWFlat(16, 16, faiss.METRIC_INNER_PRODUCT)  # as HNSW indexes were saved before
+    positional.add(vectors)
+    with pytest.raises(ValueError, match="numbers its rows by position"):
+        renumber_rows(positional, order)
 
 
 def test_bare_vectors_are_indexed_with_a_warning(tmp_path: Path) -> None:

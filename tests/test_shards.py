@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from simclr.cli.app import app
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.runner import embed_images
 from simclr.embed.shards import merge_shards, parse_shard, shard_path
+from simclr.search.store import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,34 @@ def test_n_jobs_then_merge_equal_one_run(collection: Path, tiny_repo: Path, tmp_
     assert (merged.rows, merged.failed) == (one.rows, one.failed) and one.failed == 1
     assert Path("many/feats.npy").read_bytes() == Path("one/feats.npy").read_bytes()
     assert Path("many/feats.jsonl").read_text().splitlines() == Path("one/feats.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_the_index_of_the_parts_follows_the_merge(collection: Path, tiny_repo: Path, tmp_path: Path, kind: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    parts = [str(embed_images([collection], Path("feats.npy"), encoder, workers=0, progress=False,
+                              shard=(job, 3)).features) for job in range(3)]
+    images = sorted(str(path) for path in collection.rglob("*.png"))
+    assert CliRunner().invoke(app, ["index", *parts, "--kind", kind]).exit_code == 0
+    if kind != "hnsw":  # a removed row stays removed under its new number
+        assert CliRunner().invoke(app, ["index", *parts, "--remove", images[1]]).exit_code == 0
+
+    def neighbours(index: str) -> list[list[str]]:
+        result = CliRunner().invoke(app, ["search", *images[:4], "--index", index, "-k", "5", "--json"])
+        assert result.exit_code == 0, result.output
+        return [[found["path"] for found in entry["neighbours"]] for entry in json.loads(result.stdout)["results"]]
+
+    before = neighbours("feats.faiss")
+    merged = CliRunner().invoke(app, ["merge", *parts, "--out", "feats.npy", "--json"])
+    assert merged.exit_code == 0, merged.output
+    assert json.loads(merged.stdout)["index"] == "feats.faiss"
+    manifest = read_manifest(Path("feats.faiss"))
+    assert [part.features.name for part in manifest.parts] == ["feats.npy"]
+    assert neighbours("feats.npy") == before
+    if kind != "hnsw":
+        assert len(manifest.removed) == 1 and all(str(images[1]) not in found for found in before)
 
 
 def test_merge_refuses_incomplete_or_foreign_parts(collection: Path, tiny_repo: Path, tmp_path: Path,

@@ -41,6 +41,7 @@ class MergeResult:
     rows: int
     failed: int
     parts: int
+    part_rows: dict[Path, np.ndarray]  # each part's rows, in order: their row numbers in the merged file
 
 
 def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult:
@@ -53,12 +54,18 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
     whole = replace(first, images=first.shard.images, listing_sha256=first.shard.listing_sha256, shard=None)
     ordered = sorted(zip(headers, parts, strict=True), key=lambda pair: pair[0].shard.index)
     readers = [_PartReader(path) for _, path in ordered]
+    part_rows: list[list[np.ndarray]] = [[] for _ in range(count)]
     with FeatureWriter(Path(out), first.model.embedding_dim, whole, resume=False) as writer:
         while True:
             chunks = [reader.take(batch) for reader in readers]
             if not chunks[0]:
                 break
             merged = [chunks[i % count][i // count] for i in range(sum(len(chunk) for chunk in chunks))]
+            embedded_from = np.array([i % count for i, (_, _, vector, _) in enumerate(merged) if vector is not None],
+                                     dtype=np.int64)
+            rows = writer.rows + np.arange(len(embedded_from))
+            for part, taken in enumerate(part_rows):
+                taken.append(rows[embedded_from == part])
             embedded = [vector for _, _, vector, error in merged if error is None]
             writer.write([path for path, _, _, _ in merged], [label for _, label, _, _ in merged],
                          np.stack(embedded) if embedded else np.zeros((0, writer.dim), np.float32),
@@ -66,7 +73,9 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
         if any(reader.take(1) for reader in readers):
             raise ValueError("the parts hold more images than their headers say: re-run the jobs")
         writer.finish()
-    return MergeResult(writer.out, writer.sidecar, writer.rows, writer.failed, count)
+    return MergeResult(writer.out, writer.sidecar, writer.rows, writer.failed, count,
+                       {Path(path): np.concatenate(rows) if rows else np.zeros(0, np.int64)
+                        for (_, path), rows in zip(ordered, part_rows, strict=True)})
 
 
 def _check_parts(parts: list[Path]) -> list[FeaturesHeader]:

@@ -101,8 +101,8 @@ def _new_index(plan: IndexPlan, dim: int):
 
     if plan.kind == "flat":
         return faiss.IndexIDMap(faiss.IndexFlatIP(dim))  # row ids of its own, so that rows can be removed
-    if plan.kind == "hnsw":
-        return faiss.IndexHNSWFlat(dim, plan.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    if plan.kind == "hnsw":  # row ids of its own too, so that a merge of its features can renumber them
+        return faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, plan.hnsw_m, faiss.METRIC_INNER_PRODUCT))
     quantizer = faiss.IndexFlatIP(dim)
     if plan.kind == "ivf":
         return faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
@@ -115,8 +115,8 @@ def _new_index(plan: IndexPlan, dim: int):
 
 
 def add_rows(index, rows: np.ndarray, first_id: int) -> None:
-    """Add normalised `rows` with the row ids first_id, first_id + 1, ... (HNSW numbers them itself: it never
-    removes, so its count is the next id)."""
+    """Add normalised `rows` with the row ids first_id, first_id + 1, ... (an HNSW index saved before HNSW had row
+    ids numbers them itself: it never removes, so its count is the next id)."""
     if "HNSW" in type(index).__name__:
         if index.ntotal != first_id:
             raise ValueError(f"an HNSW index of {index.ntotal} rows cannot take row {first_id} next")
@@ -135,10 +135,38 @@ def remove_rows(index, rows: list[int]) -> int:
     """Take row ids out of the index; how many it held. ValueError for an index kind that cannot remove."""
     import faiss
 
-    if "HNSW" in type(index).__name__:
+    if _is_hnsw(index):
         raise ValueError("an HNSW index cannot remove rows (FAISS's HNSW graph has no removal): rebuild it without "
                          "them (simclr index with the features as they should be), or use --kind ivf or ivfpq")
     return int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64))))
+
+
+def renumber_rows(index, new_ids: np.ndarray) -> None:
+    """Give each row id `old` the id new_ids[old] (its row in features merged in another order). ValueError for an
+    HNSW index saved before HNSW had row ids (its rows are numbered by position)."""
+    import faiss
+
+    new_ids = np.asarray(new_ids, dtype=np.int64)
+    if isinstance(index, faiss.IndexIDMap):
+        faiss.copy_array_to_vector(new_ids[faiss.vector_to_array(index.id_map)], index.id_map)
+        return
+    if _is_hnsw(index):
+        raise ValueError("this HNSW index numbers its rows by position, so they cannot follow the merge: build it "
+                         "again over the merged features (simclr index)")
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    for number in range(lists.nlist):
+        if size := lists.list_size(number):
+            ids = new_ids[faiss.rev_swig_ptr(lists.get_ids(number), size)]
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
+            lists.update_entries(number, 0, size, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+
+
+def _is_hnsw(index) -> bool:
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    return "HNSW" in type(inner).__name__
 
 
 def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target_recall: float,

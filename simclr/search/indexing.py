@@ -1,16 +1,19 @@
 """`simclr index`'s work on disk: build the index of one or several features files (reading them in chunks), add
-the rows of new features files to it, or remove rows by path, keeping its manifest true."""
+the rows of new features files to it, remove rows by path, or carry the index of a sharded run's parts over to their
+merged file, keeping its manifest true."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from simclr.embed.features import load_parts, path_key
 from simclr.embed.shards import PART_PATTERN
 from simclr.embed.sidecar import FeaturesHeader, read_header, sidecar_path
-from simclr.search.index import IndexReport, add_vectors, build_index, remove_rows
-from simclr.search.store import IndexManifest, index_path, load_index, read_manifest, save_index
+from simclr.search.index import IndexReport, add_vectors, build_index, remove_rows, renumber_rows
+from simclr.search.store import IndexManifest, StaleIndexError, index_path, load_index, read_manifest, save_index
 from simclr.search.vectors import vector_source
 
 log = logging.getLogger("simclr")
@@ -95,3 +98,26 @@ def remove_index_paths(index_file: Path, paths: list[str]) -> tuple[IndexManifes
                    index_file)
     skipped = [path for path in paths if all(row in already_out for row in rows[path_key(path)])]
     return read_manifest(index_file), skipped
+
+
+def index_after_merge(parts: list[Path], merged: Path, part_rows: dict[Path, np.ndarray]) -> Path | None:
+    """Carry the index of a sharded run's parts (feats.faiss beside them) over to their merged file: its row ids
+    renumbered to the merged rows (`part_rows`: each part's rows there), saved beside `merged` and bound to it. None
+    when there is no such index, or (with a warning naming why) when it cannot follow and is left as it was."""
+    index_file = default_index_file(parts)
+    if not index_file.is_file():
+        return None
+    try:
+        index, manifest = load_index(index_file, mmap=False)
+        indexed = [path.resolve() for path in manifest.part_paths(index_file.parent)]
+        rows_of = {Path(path).resolve(): rows for path, rows in part_rows.items()}
+        if sorted(indexed) != sorted(rows_of):
+            raise ValueError(f"{index_file} indexes {', '.join(part.features.name for part in manifest.parts)}, "
+                             "not these parts")
+        new_ids = np.concatenate([rows_of[path] for path in indexed])
+        renumber_rows(index, new_ids)
+    except (StaleIndexError, ValueError) as error:
+        log.warning("%s: %s; the index is left as it was", index_file, error)
+        return None
+    return save_index(index, merged, manifest.report, tuple(int(new_ids[row]) for row in manifest.removed),
+                      index_path(merged))
