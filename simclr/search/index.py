@@ -3,7 +3,8 @@
 The kind and its parameters come from `plan.plan_index` (a memory budget, or the kind asked for); the index trains
 on a sample, takes the vectors chunk by chunk (`vectors.VectorFile` reads them without a memory map), and then an
 approximate index raises nprobe (IVF) or efSearch (HNSW) until recall@10 against exact search, measured on a sample
-of rows, reaches the target, unless the single-query time would pass `max_query_ms`.
+of rows, reaches the target, unless the single-query time would pass `max_query_ms`. A compressed index (IVF-PQ)
+proposes candidates that are scored again with the rows themselves, in the tuning as in every search that has them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = ["EXACT_UP_TO", "KINDS", "IndexReport", "build_index", "recall_at_k", 
 TIMED_QUERIES = 50  # single queries timed at each setting
 SEARCH_PARAMETERS = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+RERANK = 10  # a compressed index proposes k x RERANK candidates for exact scoring
 PLATEAU = 0.003  # a doubling of nprobe/efSearch that gains less recall than this is not worth its time
 
 
@@ -88,7 +90,7 @@ def build_index(vectors: np.ndarray | Vectors, kind: str = "auto", nlist: int | 
             scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
             exact.add_result(scores, rows + start)
     exact.finalize()
-    setting, recall, query_ms, note = _tune(index, plan, queries, exact.I, target_recall, max_query_ms)
+    setting, recall, query_ms, note = _tune(index, plan, queries, exact.I, target_recall, max_query_ms, source)
     return index, IndexReport(
         kind=plan.kind, vectors=count, dim=dim, nlist=plan.nlist, nprobe=setting if plan.kind != "hnsw" else None,
         recall_at_10=recall, build_seconds=time.perf_counter() - started, description=plan.describe(),
@@ -170,14 +172,14 @@ def _is_hnsw(index) -> bool:
 
 
 def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target_recall: float,
-          max_query_ms: float | None) -> tuple[int | None, float, float, str]:
+          max_query_ms: float | None, rows: Vectors) -> tuple[int | None, float, float, str]:
     """(setting, recall@10, single-query ms, note): the smallest nprobe/efSearch that reaches `target_recall`, or
-    the best that stays within `max_query_ms` (note says so)."""
+    the best that stays within `max_query_ms` (note says so); searched as search() does, with the `rows`."""
     import faiss
 
     name = SEARCH_PARAMETERS.get(plan.kind)
     if name is None:
-        return None, 1.0, _query_ms(index, queries), ""
+        return None, 1.0, _query_ms(index, queries, rows), ""
     values = EF_SEARCH if name == "efSearch" else \
         sorted({min(plan.nlist, 2 ** power) for power in range(plan.nlist.bit_length() + 1)})
     parameters = faiss.ParameterSpace()
@@ -185,8 +187,8 @@ def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target
     limit = f"at the largest {name}"
     for value in values:
         parameters.set_index_parameter(index, name, value)
-        _, found = index.search(queries, exact.shape[1])
-        recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries)
+        _, found = search(index, queries, exact.shape[1], rows)
+        recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries, rows)
         if max_query_ms is not None and query_ms > max_query_ms and best is not None:
             limit = f"within --max-query-ms {max_query_ms:g}"
             break
@@ -207,12 +209,12 @@ def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target
     return value, recall, query_ms, note
 
 
-def _query_ms(index, queries: np.ndarray) -> float:
+def _query_ms(index, queries: np.ndarray, rows: Vectors) -> float:
     """Median milliseconds of one query searched alone."""
     times = []
     for query in queries[:TIMED_QUERIES]:
         started = time.perf_counter()
-        index.search(query[None], 10)
+        search(index, query[None], 10, rows)
         times.append(time.perf_counter() - started)
     return 1000 * float(np.median(times))
 
@@ -223,8 +225,31 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine scores [Q, k] and row ids [Q, k] (-1 where fewer than k rows exist) of normalised `queries`."""
+def search(index, queries: np.ndarray, k: int, exact: Vectors | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores [Q, k] and row ids [Q, k] (-1 where fewer than k rows exist) of normalised `queries`. With the
+    indexed rows as they are (`exact`), a compressed index's k x RERANK best candidates are scored again exactly and
+    the best k kept: its recall then depends on the candidates, not on how closely its codes score them."""
     if k < 1:
         raise ValueError(f"-k {k}: must be at least 1")
-    return index.search(unit_rows(queries), min(k, index.ntotal))
+    queries, k = unit_rows(queries), min(k, index.ntotal)
+    if exact is None or not is_compressed(index):
+        return index.search(queries, k)
+    _, candidates = index.search(queries, min(k * RERANK, index.ntotal))
+    scores = np.full((len(queries), k), -np.finfo(np.float32).max, np.float32)  # as FAISS fills missing results
+    rows = np.full((len(queries), k), -1, np.int64)
+    for number, (query, found) in enumerate(zip(queries, candidates, strict=True)):
+        found = found[found >= 0]
+        cosines = exact.rows(found) @ query
+        best = np.argsort(-cosines, kind="stable")[:k]
+        scores[number, :len(best)], rows[number, :len(best)] = cosines[best], found[best]
+    return scores, rows
+
+
+def is_compressed(index) -> bool:
+    """Whether the index scores rows from compressed codes (IVF-PQ), not from the vectors themselves."""
+    import faiss
+
+    try:
+        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
+    except RuntimeError:  # not an IVF index: exact or HNSW, which hold the vectors
+        return False

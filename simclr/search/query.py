@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from simclr.embed.encoder import Encoder, EncoderSpec, same_model
 from simclr.embed.features import Features, load_parts
 from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import EXACT_UP_TO, build_index, search
 from simclr.search.store import StaleIndexError, index_path, load_index, read_manifest, save_index
-from simclr.search.vectors import vector_source
+from simclr.search.vectors import ChainedVectors, Vectors, vector_source
 
 log = logging.getLogger("simclr")
 
@@ -79,6 +81,14 @@ def open_index(path: Path, kind: str = "flat") -> tuple[Features, object]:
     return features, index
 
 
+def exact_rows(features: Features) -> Vectors:
+    """The indexed rows as they are (read from their memory maps), for re-scoring a compressed index's candidates."""
+    vectors = features.vectors
+    if isinstance(vectors, np.ndarray):
+        return Vectors(vectors)
+    return ChainedVectors([Vectors(part) for part in vectors.arrays])
+
+
 def query_encoder(features: Features, spec: EncoderSpec) -> Encoder:
     """The encoder for queries against `features`: `spec`'s, or else the model the features record (when that file
     is still there); ModelMismatchError unless it is the model that embedded them."""
@@ -110,7 +120,7 @@ def search_images(queries: Sequence[Path], features: Features, index, encoder: E
     embeddings, errors = batch.embeddings, batch.errors
     results: list[QueryResult] = []
     if len(embeddings):
-        scores, rows = search(index, embeddings, k)
+        scores, rows = search(index, embeddings, k, exact_rows(features))
     decoded = iter(range(len(embeddings)))
     for entry, error in zip(entries, errors, strict=True):
         if error:

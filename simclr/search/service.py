@@ -18,7 +18,7 @@ from simclr.data.decode import DECODE_ERRORS, decode_image
 from simclr.embed.encoder import Encoder, EncoderSpec
 from simclr.embed.features import Features, path_key
 from simclr.search.index import search
-from simclr.search.query import check_model, open_index, query_encoder
+from simclr.search.query import check_model, exact_rows, open_index, query_encoder
 from simclr.search.store import index_path, index_report
 
 log = logging.getLogger("simclr")
@@ -132,7 +132,7 @@ class SearchService:
             raise QueryError(f"k {k}: must be between 1 and {MAX_K}")
         collection = collection or self.collection
         started = time.perf_counter()
-        scores, rows = search(collection.index, embedding[None], k)
+        scores, rows = search(collection.index, embedding[None], k, exact_rows(collection.features))
         timing["search"] = time.perf_counter() - started
         neighbours = [{"rank": rank + 1, "score": float(score), "path": collection.features.paths[row], "row": int(row)}
                       for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True)) if row >= 0]
