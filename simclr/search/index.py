@@ -249,7 +249,5 @@ def is_compressed(index) -> bool:
     """Whether the index scores rows from compressed codes (IVF-PQ), not from the vectors themselves."""
     import faiss
 
-    try:
-        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ)
-    except RuntimeError:  # not an IVF index: exact or HNSW, which hold the vectors
-        return False
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index  # OPQ
+    return isinstance(inner, faiss.IndexIVFPQ)
