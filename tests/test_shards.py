@@ -92,6 +92,12 @@ def test_merge_refuses_incomplete_or_foreign_parts(collection: Path, tiny_repo: 
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.count("\n") == 1
     assert not Path("merged.npy").exists()
+    assert CliRunner().invoke(app, ["index", "feats-0-of-3.npy", "feats-1-of-3.npy", "--out", "feats.faiss"]
+                              ).exit_code == 0
+    kept = Path("feats.faiss.json").read_text()
+    result = CliRunner().invoke(app, ["merge", "feats-0-of-3.npy", "feats-1-of-3.npy", "feats-2-of-3.npy"])
+    assert result.exit_code == 0 and "it indexes feats-0-of-3.npy, feats-1-of-3.npy, not these parts" in result.stderr
+    assert Path("feats.faiss.json").read_text() == kept  # an index of other files is left as it was
 
 
 def test_shard_option_is_checked() -> None:

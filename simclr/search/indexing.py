@@ -112,11 +112,14 @@ def index_after_merge(parts: list[Path], merged: Path, part_rows: dict[Path, np.
         indexed = [path.resolve() for path in manifest.part_paths(index_file.parent)]
         rows_of = {Path(path).resolve(): rows for path, rows in part_rows.items()}
         if sorted(indexed) != sorted(rows_of):
-            raise ValueError(f"{index_file} indexes {', '.join(part.features.name for part in manifest.parts)}, "
-                             "not these parts")
+            raise ValueError(f"it indexes {', '.join(part.features.name for part in manifest.parts)}, not these "
+                             "parts")
         new_ids = np.concatenate([rows_of[path] for path in indexed])
         renumber_rows(index, new_ids)
-    except (StaleIndexError, ValueError) as error:
+    except StaleIndexError as stale:  # its message names the index
+        log.warning("%s; the index is left as it was", stale)
+        return None
+    except ValueError as error:
         log.warning("%s: %s; the index is left as it was", index_file, error)
         return None
     return save_index(index, merged, manifest.report, tuple(int(new_ids[row]) for row in manifest.removed),
