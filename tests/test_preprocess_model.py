@@ -46,7 +46,7 @@ def test_the_bytes_path_is_bit_identical_to_a_local_embed(triton, tiny_repo: Pat
     with TritonEncoder(_url(triton, protocol), "tiny", protocol=protocol, send="bytes") as remote:
         assert remote.identity == OnnxEncoder(tiny_repo / "tiny").identity  # NAME's identity: features mix freely
         served = embed_images([real_photos], tmp_path / "served.npy", remote, batch_size=24, progress=False)
-    assert local.rows == served.rows == len(find_images(real_photos)) >= 40 and served.failed == 0
+    assert local.rows == served.rows == len(find_images(real_photos)) >= 30 and served.failed == 0
     assert np.array_equal(np.load(tmp_path / "local.npy"), np.load(tmp_path / "served.npy"))
     lines = [(tmp_path / f"{name}.jsonl").read_text().splitlines()[1:] for name in ("local", "served")]
     assert lines[0] == lines[1]  # the same rows, paths and classes

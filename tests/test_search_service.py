@@ -114,7 +114,7 @@ def test_info_health_metrics_and_the_page(service: httpx.Client, tiny_repo: Path
     info = service.get("/info").json()
     assert info["model"]["sha256"] == OnnxEncoder(tiny_repo / "tiny").identity.sha256
     assert info["index"]["kind"] == "flat" and info["index"]["recall_at_10"] == 1.0
-    assert info["images"] == info["index"]["vectors"] >= 40
+    assert info["images"] == info["index"]["vectors"] >= 30  # 34 without ../shared, more with it
     assert service.get("/healthz").json() == {"status": "ready"}
     service.post("/search", json={"row": 0})
     metrics = service.get("/metrics").text
