@@ -61,12 +61,12 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
             if not chunks[0]:
                 break
             merged = [chunks[i % count][i // count] for i in range(sum(len(chunk) for chunk in chunks))]
-            embedded_from = np.array([i % count for i, (_, _, vector, _) in enumerate(merged) if vector is not None],
-                                     dtype=np.int64)
-            rows = writer.rows + np.arange(len(embedded_from))
+            with_row = [i for i, (_, _, vector, _) in enumerate(merged) if vector is not None]
+            embedded = [merged[i][2] for i in with_row]
+            from_part = np.array(with_row, dtype=np.int64) % count
+            rows = writer.rows + np.arange(len(with_row))
             for part, taken in enumerate(part_rows):
-                taken.append(rows[embedded_from == part])
-            embedded = [vector for _, _, vector, error in merged if error is None]
+                taken.append(rows[from_part == part])
             writer.write([path for path, _, _, _ in merged], [label for _, label, _, _ in merged],
                          np.stack(embedded) if embedded else np.zeros((0, writer.dim), np.float32),
                          [error for _, _, _, error in merged])
