@@ -16,3 +16,8 @@ def progress_bar(**settings) -> Iterator[tqdm]:
     """A tqdm bar (`settings` as tqdm's: total, desc, unit, initial, disable, ...) that resizes with the terminal."""
     with logging_redirect_tqdm(loggers=[logging.getLogger("simclr")]), tqdm(dynamic_ncols=True, **settings) as bar:
         yield bar
+
+
+def significant(rate: float) -> str:
+    """A rate with three significant digits and thousands separators: 0.213, 21.3, 2,130, 21,300."""
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"

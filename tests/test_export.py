@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
 from simclr.cli.app import app
-from simclr.export.layout import sha256_of
+from simclr.export.layout import ModelMetadata, sha256_of
 from simclr.export.onnx_export import export_onnx, run_onnx
 from simclr.train.checkpoint import load_encoder
 from simclr.train.model import UInt8Encoder
@@ -113,3 +113,48 @@ def test_unknown_weight_precision_is_refused_by_the_parser(contract_run: Path, t
     assert not (tmp_path / "repo").exists()
     with pytest.raises(ValueError, match="--weights 'int4': choose one of fp32, fp16"):
         export_onnx(contract_run, tmp_path / "model.onnx", weights="int4")
+
+
+def test_an_exported_model_re_exports_at_a_larger_size(contract_run: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    source = tiny_repo / "tiny" / "1" / "model.onnx"  # contract_run, exported at 32 px
+    result = _export(str(source.parent), "--image-size", "48", "--name", "tiny48", "--repo", str(tmp_path / "repo"),
+                     "--no-bytes-model", "--json")
+    assert result.exit_code == 0, result.output
+    new_model = tmp_path / "repo" / "tiny48" / "1" / "model.onnx"
+    encoder, _ = load_encoder(contract_run / "last.pt")
+    images = np.random.default_rng(7).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = UInt8Encoder(encoder)(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(run_onnx(new_model, images), expected, atol=1e-4, rtol=0)
+
+    served, old = ({p.key: p.value for p in onnx.load(str(path)).metadata_props} for path in (new_model, source))
+    assert (served["image_size"], served["train_image_size"], old["train_image_size"]) == ("48", "32", "32")
+    assert served["recipe"] == old["recipe"] and served["checkpoint_sha256"] == old["checkpoint_sha256"]
+    assert served["exported_from"] == sha256_of(source)
+    assert list(_parse_config(tmp_path / "repo" / "tiny48" / "config.pbtxt").input[0].dims) == [48, 48, 3]
+    again = export_onnx(new_model, tmp_path / "again.onnx", weights="fp16", image_size=40)  # a re-export's re-export
+    assert (again.metadata.image_size, again.metadata.train_image_size, again.metadata.weights) == (40, 32, "fp16")
+
+
+def test_a_model_from_before_train_image_size_was_trained_at_its_image_size() -> None:
+    metadata = ModelMetadata(image_size=64, embedding_dim=512, architecture="resnet18", width=1.0, stem="small",
+                             mean=(0.5,) * 3, std=(0.25,) * 3)
+    props = metadata.to_props()
+    assert props["train_image_size"] == "64" and "exported_from" not in props
+    del props["train_image_size"]
+    assert ModelMetadata.from_props(props, "old.onnx") == metadata
+
+
+@pytest.mark.parametrize(("size", "message"), [("0", "--image-size 0: choose 8 to 1024 pixels"),
+                                               ("4096", "--image-size 4096: choose 8 to 1024 pixels")])
+def test_a_bad_image_size_is_one_line(size: str, message: str, contract_run: Path, tmp_path: Path) -> None:
+    result = _export(str(contract_run), "--repo", str(tmp_path / "repo"), "--image-size", size)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_re_export_without_a_name_is_one_line(tiny_repo: Path, tmp_path: Path) -> None:
+    result = _export(str(tiny_repo / "tiny" / "2"), "--image-size", "48", "--repo", str(tmp_path / "repo"))
+    assert result.exit_code == 1 and "name its re-export with --name" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "repo").exists()

@@ -55,10 +55,12 @@ def test_resume_refuses_a_recipe_option_that_differs_from_the_run(image_folder: 
     out = tmp_path / "run"
     assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--max-steps", "1").exit_code == 0
     before = (out / "last.pt").read_bytes()
-    for args, named in ((["--epochs", "7"], "--epochs 7"), (["--temperature", "0.1"], "--temperature 0.1"),
-                        (["--data", str(tmp_path)], f"--data {tmp_path}"), (["--preset", "photo"], "--preset photo")):
+    for args, named, why in ((["--epochs", "2"], "--epochs 2", "is shorter than the run's 3"),
+                             (["--temperature", "0.1"], "--temperature 0.1", "differs from the run's"),
+                             (["--data", str(tmp_path)], f"--data {tmp_path}", "give the folder that holds the run's"),
+                             (["--preset", "photo"], "--preset photo", "differs from the run's")):
         refused = _invoke("--out", str(out), "--resume", *args)
-        assert refused.exit_code == 1 and named in refused.output and "differs from the run's" in refused.output
+        assert refused.exit_code == 1 and named in refused.output and why in refused.output, refused.output
         assert refused.output.count("\n") == 1
     assert (out / "last.pt").read_bytes() == before
     # Repeating the run's own values, and changing what only drives the run, is fine.
@@ -254,3 +256,129 @@ def test_an_epoch_resumed_midway_reports_the_mean_of_all_its_steps(image_folder:
         return next(r for r in records if r["event"] == "epoch" and r["epoch"] == 1)
 
     assert epoch_one(split) == epoch_one(whole)  # steps 1-3, not only the two after the resume
+
+
+def _steps(run: Path, key: str = "step") -> list:
+    return [json.loads(line)[key] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "step"]
+
+
+def test_a_run_stopped_by_max_steps_resumes_to_its_planned_end(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"  # 3 epochs of 3 steps
+    assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--max-steps", "3").exit_code == 0
+    resumed = _invoke("--out", str(out), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["step"] == 9 and _steps(out) == list(range(1, 10))
+    assert "trained 6 steps (step 9 of 9, 3 epochs done)" in resumed.output and "nan" not in resumed.output
+    done = _invoke("--out", str(out), "--resume")
+    assert done.exit_code == 0, done.output
+    assert "nothing left to train" in done.output and "larger --epochs" in done.output and "nan" not in done.output
+
+
+def test_resume_with_more_epochs_replans_the_cosine_to_the_new_end(image_folder: Path, tmp_path: Path) -> None:
+    from simclr.train.optim import warmup_cosine
+
+    out = tmp_path / "run"
+    assert _invoke("--data", str(image_folder), "--out", str(out), *SMALL).exit_code == 0  # 9 steps
+    longer = _invoke("--out", str(out), "--resume", "--epochs", "5")
+    assert longer.exit_code == 0, longer.output
+    assert load_checkpoint(out / "last.pt")["step"] == 15
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 5 and config["plan"]["events"] == [
+        "step 9: --epochs 3 -> 5 on resume: the cosine re-planned to end at step 15"]
+    peak = 0.3 * 8 / 256  # the default base lr, linear scaling, batch 8; warm-up 1 epoch = 3 steps
+    assert _steps(out, "lr")[9:] == pytest.approx(warmup_cosine(peak, 15, 3)[9:])
+
+
+def test_resume_finds_the_same_images_moved_to_another_folder(image_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    first, moved, other = tmp_path / "first", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(image_folder, first)
+    out = tmp_path / "run"
+    assert _invoke("--data", str(first), "--out", str(out), *SMALL, "--max-steps", "2").exit_code == 0
+    shutil.copytree(first, other)
+    next(other.rglob("*.png")).unlink()
+    first.rename(moved)
+    refused = _invoke("--out", str(out), "--resume", "--data", str(other))
+    assert refused.exit_code == 1 and "23 images" in refused.output and "24 images" in refused.output
+    assert _invoke("--out", str(out), "--resume").exit_code == 1  # its own folder is gone: named
+    resumed = _invoke("--out", str(out), "--resume", "--data", str(moved), "--max-steps", "4")
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+    assert load_checkpoint(out / "last.pt")["config"]["data"] == str(moved)
+
+
+def test_a_slim_checkpoint_resumes_with_fresh_momentum(image_folder: Path, tmp_path: Path) -> None:
+    from simclr.train.checkpoint import slim_checkpoint
+
+    full, slim = tmp_path / "full", tmp_path / "slim"
+    assert _invoke("--data", str(image_folder), "--out", str(full), *SMALL, "--max-steps", "4").exit_code == 0
+    slim.mkdir()
+    save_checkpoint(slim / "last.pt", slim_checkpoint(load_checkpoint(full / "last.pt")))
+    resumed = _invoke("--out", str(slim), "--resume", "--max-steps", "6")
+    assert resumed.exit_code == 0, resumed.output
+    assert "slim checkpoint (no optimiser state): resuming with fresh momentum" in resumed.output
+    state = load_checkpoint(slim / "last.pt")
+    assert state["step"] == 6 and "optimizer" in state  # a full checkpoint again from here on
+
+
+def _conv_weights(state: dict) -> dict[str, torch.Tensor]:
+    return {name: value.float() for name, value in state.items() if value.ndim == 4}
+
+
+def test_init_starts_a_new_run_from_a_run(image_folder: Path, tmp_path: Path) -> None:
+    source, out = tmp_path / "source", tmp_path / "run"
+    assert _invoke("--data", str(image_folder), "--out", str(source), *SMALL, "--max-steps", "3").exit_code == 0
+    # A learning rate of 0 leaves the weights where they started: exactly the source's.
+    result = _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--init", str(source),
+                     "--base-lr", "0", "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    state, started = load_checkpoint(out / "last.pt"), load_checkpoint(source / "last.pt")
+    assert state["step"] == 1 and state["init"]["kind"] == "checkpoint" and state["init"]["head_loaded"]
+    for name, value in _conv_weights(started["encoder"]).items():
+        torch.testing.assert_close(state["encoder"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_init_from_an_exported_model_takes_its_shape_and_a_new_head(image_folder: Path, tiny_repo: Path,
+                                                                     tmp_path: Path) -> None:
+    from simclr.finetune.onnx_weights import read_onnx_encoder
+
+    model = tiny_repo / "tiny"
+    args = [a for a in SMALL if a not in ("--width", "0.0625")]
+    clash = _invoke("--data", str(image_folder), "--out", str(tmp_path / "clash"), *SMALL, "--init", str(model))
+    assert clash.exit_code == 1 and "--width 0.0625" in clash.output and str(model) in clash.output
+    assert not (tmp_path / "clash").exists()
+    out = tmp_path / "run"
+    result = _invoke("--data", str(image_folder), "--out", str(out), *args, "--init", str(model), "--base-lr", "0",
+                     "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(out / "last.pt")
+    read = read_onnx_encoder(model)
+    assert state["init"]["kind"] == "onnx" and not state["init"]["head_loaded"]
+    assert state["config"]["model"]["width"] == read.model_config.width
+    for name, value in _conv_weights(read.encoder.state_dict()).items():
+        torch.testing.assert_close(state["encoder"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_init_gives_a_short_warm_up_unless_one_is_given() -> None:
+    assert build_config("photo", {"data": "x", "init": "run"}).optim.warmup_epochs == 2.0
+    assert build_config("photo", {"data": "x", "init": "run", "optim.warmup_epochs": 5.0}).optim.warmup_epochs == 5.0
+    assert build_config("photo", {"data": "x"}).optim.warmup_epochs == 10.0
+
+
+def test_time_budget_ends_the_whole_schedule_within_it(image_folder: Path, tmp_path: Path) -> None:
+    out, budget = tmp_path / "run", 12.0
+    started = time.monotonic()
+    result = _invoke("--data", str(image_folder), "--out", str(out), *SMALL, "--epochs", "100000", "--time-budget",
+                     str(budget), "--log-every", "50", "--json")
+    took = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    plan = config["plan"]
+    assert plan["total_steps"] % 3 == 0 and config["epochs"] == plan["total_steps"] // 3 < 100000
+    assert "--time-budget 12 s" in plan["events"][0] and plan["pairs_per_second"] > 0
+    assert load_checkpoint(out / "last.pt")["step"] == plan["total_steps"]  # the whole schedule ran
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["total_steps"] for r in records if r["event"] == "plan"] == [plan["total_steps"]]
+    assert took < budget + 3  # the budget counts from the trainer's start; the slack covers the CLI around it

@@ -17,6 +17,7 @@ from simclr.cli.quantize import quantize_command
 from simclr.cli.search import index_command, search_command
 from simclr.cli.search_server import search_server_command
 from simclr.cli.serve import serve_command
+from simclr.cli.slim import slim_command
 from simclr.cli.train import train_command
 
 
@@ -39,6 +40,7 @@ app.command("search-server")(search_server_command)
 app.command("probe")(probe_command)
 app.command("finetune")(finetune_command)
 app.command("classify")(classify_command)
+app.command("slim")(slim_command)
 
 
 @app.command("demo")

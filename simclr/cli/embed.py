@@ -13,6 +13,7 @@ from simclr.data.images import NoImagesError
 from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.runner import embed_images
 from simclr.embed.shards import parse_shard
+from simclr.progress import significant
 
 Option = typer.Option
 
@@ -55,7 +56,8 @@ def embed_command(
         for path, error in result.failures:
             typer.echo(f"skipped {path}: {error}", err=True)
         typer.echo(f"embedded {result.rows} images ({result.failed} failed) with {model.identity.name} "
-                   f"v{model.identity.version} in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s) "
+                   f"v{model.identity.version} in {result.seconds:.1f} s "
+                   f"({significant(result.images_per_second)} images/s) "
                    f"-> {result.features}, {result.sidecar}")
     if strict and result.failed:
         raise fail(f"--strict: {result.failed} images could not be decoded (listed in {result.sidecar})")

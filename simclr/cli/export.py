@@ -1,4 +1,5 @@
-"""`simclr export`: a training checkpoint to a new version in a Triton model repository."""
+"""`simclr export`: a training checkpoint (or an exported model, re-exported) to a new version in a Triton model
+repository."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ Option = typer.Option
 
 
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt) or a run directory holding one "
-                                                    "(of simclr train, or of simclr finetune with --classifier); "
-                                                    "or an exported model directory (REPO/NAME) to add its "
-                                                    "NAME_preprocess and NAME_bytes.")],
+    source: Annotated[Path, typer.Argument(metavar="SOURCE",
+                                           help="A training checkpoint (last.pt) or a run directory holding one "
+                                                "(of simclr train, or of simclr finetune with --classifier); or "
+                                                "an exported model (REPO/NAME, a version directory or a .onnx) to "
+                                                "re-export with --name and/or --image-size; an exported model "
+                                                "directory alone adds its NAME_preprocess and NAME_bytes.")],
     repo: Annotated[Path, Option(help="Triton model repository to add the model to.")] = Path("model_repository"),
     name: Annotated[str | None, Option(help="Model name in the repository (letters, digits, _ - .). [default: "
                                             "simclr_resnet18; with --classifier: simclr_classifier]")] = None,
@@ -33,6 +36,11 @@ def export_command(
     dynamic_batching: Annotated[bool, Option("--dynamic-batching/--no-dynamic-batching",
                                              help="Let Triton merge concurrent requests into larger batches.")
                                 ] = True,
+    image_size: Annotated[int | None, Option(help="Input side in pixels (H = W) of the exported model; the same "
+                                                  "weights run at any size. A model trained on random resized "
+                                                  "crops often embeds whole photos better somewhat larger than "
+                                                  "it was trained at (FixRes). [default: the checkpoint's "
+                                                  "training size, or the exported model's input size]")] = None,
     weights: Annotated[Literal[WEIGHT_PRECISIONS], Option(help="How weights are stored: fp16 halves the file; each "
                                                                "weight is cast back to float32, so compute stays "
                                                                "float32 on every runtime (parity 1e-3 of the largest "
@@ -56,13 +64,15 @@ def export_command(
     classifier.
 
     Checks ONNX Runtime against PyTorch on the same uint8 batch before anything is written; an existing version is
-    never overwritten. Given an exported model directory (REPO/NAME) instead of a checkpoint, writes only its
+    never overwritten. Given an exported model with --name (e.g. `simclr export model_repository/old --image-size
+    80 --name new`), re-exports its f read back from the ONNX, keeping its recipe and training size
+    (train_image_size in the metadata). Given an exported model directory (REPO/NAME) alone, writes only its
     NAME_preprocess and NAME_bytes, for its newest version.
     """
     from simclr.export.bytes_model import BytesModelOptions, write_bytes_models
     from simclr.export.classifier import export_classifier
     from simclr.export.layout import CONFIG_FILE
-    from simclr.export.onnx_export import ExportError
+    from simclr.export.onnx_export import ExportError, check_export_options, is_exported_model
     from simclr.export.repository import ServingOptions, export_to_repository
     from simclr.train.checkpoint import CheckpointError
 
@@ -70,24 +80,33 @@ def export_command(
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
                              max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)
     preprocess = BytesModelOptions(max_image_bytes=max_image_bytes, instances=preprocess_instances)
-    if (checkpoint / CONFIG_FILE).is_file():
+    if (source / CONFIG_FILE).is_file() and name is None and image_size is None:
         if not bytes_model:
-            raise fail(f"{checkpoint} is an exported model: with --no-bytes-model there is nothing to write")
+            raise fail(f"{source} is an exported model: with --no-bytes-model there is nothing to write")
         with user_errors():
-            written = write_bytes_models(checkpoint.parent, checkpoint.name, preprocess)
+            written = write_bytes_models(source.parent, source.name, preprocess)
         _report({"preprocess": str(written.preprocess), "bytes": str(written.ensemble), "version": written.version},
-                f"wrote {written.preprocess.name} and {written.ensemble.name} for {checkpoint.name} version "
+                f"wrote {written.preprocess.name} and {written.ensemble.name} for {source.name} version "
                 f"{written.version}", json_output)
         return
+    reexport = is_exported_model(source)
+    if reexport and name is None:
+        raise fail(f"{source} is an exported model: name its re-export with --name (all versions of one model "
+                   "share one input size)")
     with user_errors(CheckpointError, ExportError):
+        check_export_options(weights, image_size)
         if classifier:
-            if fp16 or weights != "fp32":
-                raise ValueError("--classifier exports FP32 weights and compute: leave out --fp16 and --weights")
-            model = export_classifier(checkpoint, repo, name or "simclr_classifier", options,
+            if reexport:
+                raise ValueError(f"--classifier takes a simclr finetune run, not an exported model ({source})")
+            if fp16 or weights != "fp32" or image_size is not None:
+                raise ValueError("--classifier exports FP32 weights and compute at the training size: leave out "
+                                 "--fp16, --weights and --image-size")
+            model = export_classifier(source, repo, name or "simclr_classifier", options,
                                       bytes_model=preprocess if bytes_model else None)
         else:
-            model = export_to_repository(checkpoint, repo, name or "simclr_resnet18", options, fp16=fp16,
-                                         weights=weights, bytes_model=preprocess if bytes_model else None)
+            model = export_to_repository(source, repo, name or "simclr_resnet18", options, fp16=fp16,
+                                         weights=weights, bytes_model=preprocess if bytes_model else None,
+                                         image_size=image_size)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),
                "config": str(model.config_path), "max_abs_diff": model.export.max_abs_diff,
                "tolerance": model.export.tolerance, "metadata": model.export.metadata.to_props(),

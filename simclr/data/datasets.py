@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from simclr.data.cifar import load_cifar
 from simclr.data.decoding import decode_chunks
 from simclr.data.images import class_of, find_images, try_load_image
+from simclr.data.tar_shards import decode_shards, shard_files, shard_image_names
 from simclr.progress import progress_bar
 
 log = logging.getLogger("simclr")
@@ -57,13 +58,19 @@ class ImageFiles(Dataset):
 
 def training_images(data: str, data_root: Path | None, size: int, workers: int = 2,
                     in_memory: bool | None = None) -> ImageFiles | InMemoryImages:
-    """The unlabelled training set: a torchvision data set name (cifar10, cifar100, stl10) or a folder of images.
+    """The unlabelled training set, uint8 [N, 3, size, size]: a torchvision data set name (cifar10, cifar100,
+    stl10), a folder of images, or tar shards (see `shard_files`: a .tar/.tar.gz/.tar.xz file, a folder of them,
+    or a comma-separated list of shard files and folders of shards).
 
     A folder is decoded once into memory (`in_memory` None: when the uint8 images take at most half of the memory
     available now), so later epochs cost no decoding; otherwise its files are decoded on demand every epoch.
+    Shards are always decoded into memory, `workers` shards at a time, in sorted shard order then member order.
     """
     if data in TORCHVISION_DATASETS:
         return torchvision_split(data, _require_root(data, data_root), train=True, unlabeled=True)
+    shards = shard_files(data)
+    if shards is not None:
+        return _shard_images(data, shards, size, workers, in_memory)
     if not Path(data).is_dir():
         names = ", ".join(TORCHVISION_DATASETS)
         raise FileNotFoundError(f"--data {data}: no such folder (or name a data set: {names})")
@@ -77,6 +84,34 @@ def training_images(data: str, data_root: Path | None, size: int, workers: int =
     images, _ = decode_images(paths, size, workers, f"decoding {Path(data).name}")
     if not len(images):
         raise ValueError(f"--data {data}: none of its {len(paths)} image files could be decoded")
+    return InMemoryImages(images, torch.full((len(images),), -1, dtype=torch.long))
+
+
+def training_image_names(data: str) -> list[str]:
+    """The images that `training_images` reads from `data`, in its order, named independently of where the data
+    lie: for a folder, the paths below it (posix); for shards, "<shard file name>/<member name>" (one streaming
+    pass over each shard). [] for a torchvision data set name (cifar10, ...)."""
+    if data in TORCHVISION_DATASETS:
+        return []
+    shards = shard_files(data)
+    if shards is not None:
+        return [f"{shard.name}/{name}" for shard in shards for name in shard_image_names(shard)]
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"--data {data}: no such folder, shard file or data set name")
+    return [path.relative_to(data).as_posix() for path in find_images(Path(data))]
+
+
+def _shard_images(data: str, shards: list[Path], size: int, workers: int,
+                  in_memory: bool | None) -> InMemoryImages:
+    """Shards decoded into memory; at most half the memory available now, since assembling holds them twice."""
+    if in_memory is False:
+        raise ValueError(f"--data {data}: shards are always decoded into memory (a compressed tar has no random "
+                         "access); unpack them (tar -xf SHARD -C FOLDER) to decode a folder on demand")
+    images = decode_shards(shards, size, workers, max_bytes=available_memory() // 2)
+    if not len(images):
+        raise ValueError(f"--data {data}: none of the image members of its {len(shards)} shard(s) could be decoded")
+    log.info("%s: %d images from %d shard(s) decoded into memory (%.1f GB)", data, len(images), len(shards),
+             images.nbytes / 1e9)
     return InMemoryImages(images, torch.full((len(images),), -1, dtype=torch.long))
 
 

@@ -35,6 +35,14 @@ class ModelMetadata:
     recipe: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_sha256: str = ""
     quantized_from: str = ""  # an INT8 model: the sha256 of the FP32 model.onnx it was quantized from
+    # The input size it was trained at; 0 (and files from before this field): image_size. A re-export at another
+    # input size (FixRes: test larger than the random crops trained on) keeps it while image_size changes.
+    train_image_size: int = 0
+    exported_from: str = ""  # a re-exported model: the sha256 of the model.onnx it was read from
+
+    def __post_init__(self) -> None:
+        if not self.train_image_size:
+            object.__setattr__(self, "train_image_size", self.image_size)
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ONNX metadata_props and Triton parameters."""
@@ -47,8 +55,9 @@ class ModelMetadata:
                 value = json.dumps(dict(value), sort_keys=True)
             props[item.name] = str(value)
         props["cifar_stem"] = str(self.stem == "cifar").lower()  # what readers of files before `stem` look for
-        if not self.quantized_from:
-            del props["quantized_from"]
+        for optional in ("quantized_from", "exported_from"):
+            if not props[optional]:
+                del props[optional]
         return props
 
     @classmethod
@@ -62,7 +71,9 @@ class ModelMetadata:
                        precision=props.get("precision", "fp32"), weights=props.get("weights", "fp32"),
                        recipe=json.loads(props.get("recipe", "{}")),
                        checkpoint_sha256=props.get("checkpoint_sha256", ""),
-                       quantized_from=props.get("quantized_from", ""))
+                       quantized_from=props.get("quantized_from", ""),
+                       train_image_size=int(props.get("train_image_size", 0)),
+                       exported_from=props.get("exported_from", ""))
         except KeyError as missing:
             raise ValueError(f"{source}: not a simclr encoder (its metadata has no {missing.args[0]})") from None
         except (TypeError, ValueError) as error:

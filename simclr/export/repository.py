@@ -87,18 +87,21 @@ def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, h
     return text_format.MessageToString(config)
 
 
-def export_to_repository(checkpoint: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),
+def export_to_repository(source: Path, repo: Path, name: str, options: ServingOptions = ServingOptions(),
                          fp16: bool = False, weights: str = "fp32",
-                         bytes_model: BytesModelOptions | None = BYTES_MODEL_DEFAULTS) -> RepositoryModel:
-    """Export `checkpoint` as the next version of model `name` in `repo` and (re)write its config.pbtxt; with
-    `bytes_model`, then write NAME_preprocess and NAME_bytes for that version (None: leave them as they are).
+                         bytes_model: BytesModelOptions | None = BYTES_MODEL_DEFAULTS,
+                         image_size: int | None = None) -> RepositoryModel:
+    """Export `source` (a training checkpoint or run directory, or an exported model to re-export) as the next
+    version of model `name` in `repo`, `image_size` pixels square (default: the source's size), and (re)write its
+    config.pbtxt; with `bytes_model`, then write NAME_preprocess and NAME_bytes for that version (None: leave them
+    as they are).
 
     The ONNX file is built and checked in a scratch directory inside the model folder and only then renamed to
     the new version directory, so a failed export leaves the repository as it was; an existing version is never
-    touched. Refuses a checkpoint whose image size or embedding dimension differs from the served versions.
+    touched. Refuses a model whose image size or embedding dimension differs from the served versions.
     """
-    model = add_version(repo, name, options,
-                        lambda model_file: export_onnx(checkpoint, model_file, fp16=fp16, weights=weights))
+    model = add_version(repo, name, options, lambda model_file: export_onnx(
+        source, model_file, fp16=fp16, weights=weights, image_size=image_size))
     if bytes_model is not None:
         write_bytes_models(repo, name, bytes_model)
     return model
@@ -162,5 +165,5 @@ def _check_compatible(model_dir: Path, metadata: ModelMetadata, classes: tuple[s
     for key in ("image_size", "embedding_dim"):
         if getattr(served, key) != getattr(metadata, key):
             raise ValueError(f"{model_dir.name} version {existing[-1]} has {key} {getattr(served, key)}, this "
-                             f"checkpoint {getattr(metadata, key)}; all versions share one config.pbtxt: export "
+                             f"model {getattr(metadata, key)}; all versions share one config.pbtxt: export "
                              "under another --name")

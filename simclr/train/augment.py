@@ -17,6 +17,7 @@ from simclr.train.config import AugmentConfig
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
+PAPER_VIEW_SIZE = 224  # the view size the paper's blur sigma (0.1-2 px) was set for
 
 
 def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -226,8 +227,15 @@ def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Co
         RandomGrayscale(config.grayscale_p, generator),
     ]
     if config.blur_p > 0:
-        steps.append(RandomGaussianBlur(config.blur_p, config.blur_sigma, generator))
+        steps.append(RandomGaussianBlur(config.blur_p, blur_sigma(config), generator))
     return Compose(steps)
+
+
+def blur_sigma(config: AugmentConfig) -> tuple[float, float]:
+    """The blur's sigma range in pixels of the view: as given, or with `blur_scaled` relative to a 224 px view."""
+    low, high = config.blur_sigma
+    scale = config.image_size / PAPER_VIEW_SIZE if config.blur_scaled else 1.0
+    return low * scale, high * scale
 
 
 def crop_and_flip(size: int, crop_scale: tuple[float, float], generator: torch.Generator) -> Compose:

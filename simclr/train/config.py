@@ -10,7 +10,6 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -26,9 +25,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt")
 
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, resumable: bool = False) -> Any:
-    """A recipe field that `simclr train` exposes as an option. `resumable`: --resume may change it (it drives the
-    run without changing what it computes)."""
+RESUME_RULES = (False, True, "longer", "same images")
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, resumable: bool | str = False) -> Any:
+    """A recipe field that `simclr train` exposes as an option. `resumable`: whether --resume may change it: True
+    (it drives the run without changing what it computes), "longer" (only to a larger value: the schedule is
+    re-planned), "same images" (a new location of the same images: the trainer checks them) or False."""
+    if resumable not in RESUME_RULES:
+        raise ValueError(f"resumable={resumable!r}: one of {RESUME_RULES}")
     return field(default=default, metadata={"help": help, "choices": choices, "resumable": resumable})
 
 
@@ -48,6 +53,9 @@ class AugmentConfig:
     blur_p: float = setting(0.0, "Gaussian blur probability (kernel 10% of the side). [default: 0 cifar, 0.5 photo "
                                  "and imagenet]")
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_scaled: bool = setting(False, "Scale the blur's sigma range (0.1-2 px, the paper's for 224 px views) by image "
+                                       "size / 224, so that a 64 px view is blurred as much as a 224 px one "
+                                       "relative to its size (sigma 0.03-0.57 px).")
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,23 @@ class OptimConfig:
                                         "photo, 1e-6 imagenet; see --preset]")
     momentum: float = 0.9
     nesterov: bool = False  # SGD only (fine-tuning uses it, as SimCLR v1)
-    trust_coefficient: float = 0.001
+    trust_coefficient: float = setting(0.001, "LARS trust coefficient eta: a layer's rate is eta x ||w|| / "
+                                              "||update|| (x the learning rate, unless --trust-clip). solo-learn "
+                                              "uses 0.02 with --trust-clip.")
+    trust_clip: bool = setting(False, "Clip LARS's layer rate at the learning rate (LARC's clip mode, as "
+                                      "solo-learn): a layer steps at min(eta x ||w|| / ||update||, lr).")
     warmup_epochs: float = setting(10.0, "Linear warm-up epochs before the cosine decay.")
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """The length of the learning-rate schedule when something other than --epochs fixed it: --time-budget, or a
+    resumed run given a longer --epochs. Written by the trainer into config.json and the checkpoint."""
+
+    total_steps: int | None = None  # None: epochs x steps per epoch
+    warmup_steps: int | None = None  # None: warmup_epochs x steps per epoch
+    pairs_per_second: float | None = None  # the rate --time-budget measured
+    events: tuple[str, ...] = ()  # each re-planning, one line each, in order
 
 
 @dataclass(frozen=True)
@@ -92,9 +115,17 @@ class TrainConfig:
 
     data: str = setting("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root) or a folder of "
                                    "images, searched recursively; labels are not used. Required for a new run; a "
-                                   "resumed run reads it from its config.")
+                                   "resumed run reads it from its config, or from here when its images moved (the "
+                                   "same images: their count and relative paths are checked).",
+                        resumable="same images")
     data_root: str | None = setting(None, "Folder holding torchvision's files for --data cifar10/cifar100/stl10 "
-                                          "(e.g. what ../shared/data/cifar10.py batches DIR writes).")
+                                          "(e.g. what ../shared/data/cifar10.py batches DIR writes).",
+                                    resumable="same images")
+    init: str | None = setting(None, "Start a new run from the weights of another: a run directory, a checkpoint "
+                                     "(last.pt, a slim one, or its parts) or an exported model (f read back from "
+                                     "its ONNX; g is new unless the source has a head of the same shape). f's "
+                                     "architecture, width, stem and mean/std come from it. The schedule is new, "
+                                     "with a short warm-up. [default: random weights]")
     preset: str = setting("cifar", "Recipe defaults. cifar: 32 px, CIFAR stem, colour strength 0.5, no blur, tau "
                                    "0.5, weight decay 1e-4 (the paper's CIFAR recipe; decay as google-research/"
                                    "simclr's CIFAR command and solo-learn). imagenet: 224 px, standard stem, strength "
@@ -105,9 +136,16 @@ class TrainConfig:
     decode_size: int = setting(32, "Folder images are decoded (shorter side + centre crop) to this square before "
                                    "cropping. [default: image size, or x256/224 above 64 px]")
     batch_size: int = setting(512, "Global batch (all processes together); the paper uses 4096.")
-    epochs: int = setting(100, "Epochs; sets the length of the cosine schedule.")
+    epochs: int = setting(100, "Epochs; sets the length of the cosine schedule. With --time-budget, whichever ends "
+                               "first. --resume may give a longer one (the cosine is re-planned to the new end, "
+                               "from the current step).", resumable="longer")
+    time_budget: float | None = setting(None, "Seconds the whole schedule may take, counted from the start of "
+                                              "training (data loading included): the rate of the first steps sets "
+                                              "the number of steps so that warm-up and the whole cosine end before "
+                                              "it, leaving a reserve for the last save. [default: none: --epochs]")
     max_steps: int | None = setting(None, "Stop after this many optimiser steps, saving a resumable checkpoint "
-                                          "(smoke runs, benchmarks). [default: no limit]", resumable=True)
+                                          "(smoke runs, benchmarks); a resume goes on to the planned end unless "
+                                          "given it again. [default: no limit]", resumable=True)
     temperature: float = setting(0.5, "NT-Xent temperature tau (solo-learn uses 0.2 on short schedules). [default: "
                                       "0.5 cifar, 0.2 photo, 0.1 imagenet]")
     seed: int = setting(0, "Seed for weights, shuffling and augmentation.")
@@ -129,6 +167,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    plan: SchedulePlan = field(default_factory=SchedulePlan)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -136,10 +175,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return dataclass_from_dict(cls, _upgrade(values))
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)
@@ -152,7 +187,7 @@ class RecipeOption:
     default: Any
     help: str
     choices: tuple[str, ...] | None
-    resumable: bool
+    resumable: bool | str  # see setting()
 
     @property
     def flag(self) -> str:
@@ -215,10 +250,14 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
+INIT_WARMUP_EPOCHS = 2.0  # --init: the encoder is trained already, only momentum (and a new head) start from zero
+
+
 def build_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a preset plus dotted overrides ("optim.base_lr": 0.5); None values are ignored.
 
-    Without a preset, images of at most 64 px get `cifar` and larger ones `imagenet`.
+    Without a preset, images of at most 64 px get `cifar` and larger ones `imagenet`. With `init`, the warm-up is
+    short (INIT_WARMUP_EPOCHS) unless given.
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if preset is None:
@@ -226,6 +265,8 @@ def build_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     values = {**PRESET_VALUES[preset], **overrides, "preset": preset}
+    if values.get("init") is not None:
+        values.setdefault("optim.warmup_epochs", INIT_WARMUP_EPOCHS)
     image_size = values["augment.image_size"]
     # Larger images are decoded a little bigger than the crop, as ImageNet pipelines resize to 256 for 224.
     values.setdefault("decode_size", image_size if image_size <= 64 else round(image_size * 256 / 224))
@@ -243,23 +284,27 @@ def replace(config, overrides: dict[str, Any]):
 
 
 def resumed(saved, overrides: dict[str, Any]):
-    """The config a resumed run continues with: `saved`, plus the dotted overrides --resume allows (max_steps,
-    workers, save_every_minutes, log_every, knn_every, device). Any other override must equal the saved value,
-    else ValueError names the option; None values are ignored."""
+    """The config a resumed run continues with: `saved`, plus the dotted overrides --resume allows (those whose
+    setting is `resumable`: a "longer" one only to a larger value). --max-steps applies to one call: a resume
+    without it goes on to the planned end. Any other override must equal the saved value, else ValueError names
+    the option; None values are ignored."""
     current = _flatten(dataclasses.asdict(saved))
     options = {option.key: option for option in recipe_options(type(saved))}
-    changes = {}
+    changes: dict[str, Any] = {"max_steps": None} if "max_steps" in current else {}
     for key, value in overrides.items():
-        if value is None:
-            continue
         option = options[key]
+        if value is None or (value == current[key] and option.resumable is not True):
+            continue
+        if option.resumable == "longer" and value < current[key]:
+            raise ValueError(f"--resume: {option.flag} {value} is shorter than the run's {current[key]}; a resumed "
+                             f"run may only be extended")
         if option.resumable:
             changes[key] = value
-        elif value != current[key]:
+        else:
             allowed = ", ".join(o.flag for o in options.values() if o.resumable)
             raise ValueError(f"--resume: {option.flag} {value} differs from the run's {current[key]}; a resumed run "
                              f"keeps its recipe (only {allowed} may change): start a new run with another --out")
-    return replace(saved, changes)
+    return dataclass_from_dict(type(saved), _nest({**current, **changes}))
 
 
 def validate(config: TrainConfig) -> None:
@@ -275,6 +320,9 @@ def validate(config: TrainConfig) -> None:
         (config.batch_size >= 2, f"--batch-size {config.batch_size}: needs at least 2 images for negatives"),
         (config.epochs >= 1, f"--epochs {config.epochs}: must be at least 1"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps {config.max_steps}: must be at least 1"),
+        (config.time_budget is None or config.time_budget > 0,
+         f"--time-budget {config.time_budget}: must be a positive number of seconds"),
+        (config.optim.trust_coefficient > 0, f"--trust-coefficient {config.optim.trust_coefficient}: must be positive"),
         (config.temperature > 0, f"--temperature {config.temperature}: must be positive"),
         (config.model.width > 0, f"--width {config.model.width}: must be positive"),
         (config.model.head_hidden >= 0, f"--head-hidden {config.model.head_hidden}: must be 0 (= D) or more"),

@@ -59,6 +59,15 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(value) for value in values.tolist()]
 
 
+def from_main_rank(value: float, device: torch.device) -> float:
+    """Rank 0's `value` on every rank (so that all ranks follow one plan)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks whose backward is also a sum over ranks (each rank's output feeds every rank's loss)."""
 

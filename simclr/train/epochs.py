@@ -15,7 +15,7 @@ import torch
 
 from simclr.atomic import atomic_write_text
 from simclr.plots import plot_training_curves
-from simclr.progress import progress_bar
+from simclr.progress import progress_bar, significant
 from simclr.train import distributed
 from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from simclr.train.monitor import MetricsLog, ThroughputWindow
@@ -83,9 +83,13 @@ class EpochLoop(ABC):
                 "rng": {"augment": gather_generator_states(self.augment_generator), "torch": torch.get_rng_state()}}
 
     def restore_loop_state(self, state: dict) -> None:
-        """Continue from a checkpoint's `loop_state`."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        """Continue from a checkpoint's `loop_state`; a slim one (no optimiser state) with fresh momentum."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        else:
+            log.warning("%s: a slim checkpoint (no optimiser state): resuming with fresh momentum",
+                        self.checkpoint_path)
         self.step, self.epoch = state["step"], state["epoch"]
         self.epoch_steps = [tuple(values) for values in state.get("epoch_steps", [])]
         augment_states = state["rng"]["augment"]
@@ -154,8 +158,8 @@ class EpochLoop(ABC):
         lr = self.schedule[self.step - 1]
         named = dict(zip(self.step_names, values, strict=True))
         bar.set_postfix(**{name[:4]: f"{value:.4g}" for name, value in named.items()}, lr=f"{lr:.3g}",
-                        img_s=f"{images_per_second:.0f}")
-        self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1, **named, "lr": lr,
+                        img_s=significant(images_per_second))
+        self.record({"event": "step", "step": self.step, "epoch": self.epoch + 1, **named, "lr": lr,
                       "images_per_second": images_per_second})
 
     def _end_epoch(self) -> None:
@@ -168,9 +172,9 @@ class EpochLoop(ABC):
         record = {"event": "epoch", "step": self.step, "epoch": self.epoch,
                   **{name: sum(column) / len(column) for name, column in zip(self.step_names, columns, strict=True)}}
         self.end_of_epoch(record)
-        self._record(record)
+        self.record(record)
 
-    def _record(self, record: dict) -> None:
+    def record(self, record: dict) -> None:
         if self.metrics:
             self.metrics.write(record)
 

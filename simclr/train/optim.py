@@ -18,12 +18,12 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
+                 trust_coefficient: float = 0.001, trust_clip: bool = False) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
             raise ValueError(f"LARS: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
                              f"or trust_coefficient={trust_coefficient}")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                    "trust_coefficient": trust_coefficient, "exclude": False}
+                    "trust_coefficient": trust_coefficient, "trust_clip": trust_clip, "exclude": False}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -39,7 +39,10 @@ class LARS(torch.optim.Optimizer):
                 update = param.grad
                 if not group["exclude"]:
                     update = update.add(param, alpha=group["weight_decay"])
-                    update = update.mul(trust_ratio(param, update, group["trust_coefficient"]))
+                    ratio = trust_ratio(param, update, group["trust_coefficient"])
+                    if group["trust_clip"] and group["lr"] > 0:  # the layer's rate min(ratio, lr), as LARC's clip
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    update = update.mul(ratio)
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(param)
@@ -80,7 +83,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int,
     groups = parameter_groups(model, unadapted)
     lr = peak_learning_rate(config, batch_size)
     if config.optimizer == "lars":
-        return LARS(groups, lr, config.momentum, config.weight_decay, config.trust_coefficient)
+        return LARS(groups, lr, config.momentum, config.weight_decay, config.trust_coefficient, config.trust_clip)
     for group in groups:
         group.pop("exclude")
     if config.optimizer == "sgd":
