@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from simclr.cli.common import fail, setup_logging, user_errors
-from simclr.server.launcher import ServerError, ServerOptions, TritonServer
+from simclr.server.launcher import ServerError, ServerOptions, StartCancelled, TritonServer
 
 Option = typer.Option
 
@@ -40,18 +40,17 @@ def serve_command(
     options = ServerOptions(repo=Path(repo), host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, instances=instances, log_file=log_file,
                             ready_timeout=ready_timeout)
-    # While the server starts, SIGINT/SIGTERM interrupt the start (which stops what it launched); once it serves,
-    # they end the serving loop below.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with user_errors(ServerError):
-        server = TritonServer(options)
-        try:
-            server.start()
-        except KeyboardInterrupt:
-            raise fail("stopped by signal while starting; nothing is left running", code=130) from None
+    # SIGINT/SIGTERM set `stop`: while the server starts, start() sees it and stops what it launched; once it
+    # serves, the serving loop below ends.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    with user_errors(ServerError):
+        server = TritonServer(options)
+        try:
+            server.start(cancelled=stop.is_set)
+        except StartCancelled:
+            raise fail("stopped by signal while starting; nothing is left running", code=130) from None
     try:
         kind = "nvidia-pytriton's tritonserver (python backend + ONNX Runtime)" if server.binary.embedded else \
             f"{server.binary.path} (onnxruntime backend)"

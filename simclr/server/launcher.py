@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,10 @@ PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
 
 class ServerError(RuntimeError):
     """Triton did not start, or stopped serving."""
+
+
+class StartCancelled(Exception):
+    """A stop was asked for while the server started; what start() launched is already stopped."""
 
 
 @dataclass(frozen=True)
@@ -213,8 +218,11 @@ class TritonServer:
     def _client_host(self) -> str:
         return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
 
-    def start(self) -> TritonServer:
+    def start(self, cancelled: Callable[[], bool] = lambda: False) -> TritonServer:
         """Launch tritonserver and wait until every model is ready; ServerError (with the log's tail) otherwise.
+
+        `cancelled` is polled while waiting (a signal handler sets it: an exception raised from a handler can land
+        inside a lock release and be swallowed); once it is true, start() stops the server and raises StartCancelled.
 
         Refuses ports something already listens on. The work folder (generated repository, and the log unless
         --log-file names one) is private (0700) and removed by stop(); the server gets SIGTERM when this process
@@ -243,17 +251,21 @@ class TritonServer:
                 # only, and its children can be stopped together.
                 self.process = subprocess.Popen(command, stdout=log_output, stderr=subprocess.STDOUT, env=environment,
                                                 start_new_session=True, preexec_fn=die_with_parent)
-            self._wait_until_ready()
+            self._wait_until_ready(cancelled)
             self.check_inference()
+            if cancelled():
+                raise StartCancelled
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_until_ready(self) -> None:
+    def _wait_until_ready(self, cancelled: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.options.ready_timeout
         pending = list(self.names)
         while pending:
+            if cancelled():
+                raise StartCancelled
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with status {self.process.returncode} while starting; "
                                   f"log {self.log_file}:\n{self.log_tail()}")
