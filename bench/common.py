@@ -54,6 +54,23 @@ def reference_model(work: Path) -> Path:
     return work / "repo"
 
 
+def flops_per_pair(model: torch.nn.Module, image_size: int, temperature: float, pairs: int = 4) -> float:
+    """FLOPs of one training pair (forward and backward of its two views through f and g, and the loss), counted by
+    torch.utils.flop_counter on `pairs` random pairs on the CPU (the count does not depend on the device)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from simclr.train.loss import contrastive_step
+
+    model = copy.deepcopy(model).float().cpu().train()
+    views = torch.rand(pairs, 3, image_size, image_size), torch.rand(pairs, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = contrastive_step(model, *views, temperature)
+        loss.backward()
+    return counter.get_total_flops() / pairs
+
+
 def median_rate(run: Callable[[], int], repeats: int) -> dict:
     """Call `run` (which returns how many items it processed) `repeats` times; items/s per run and their median."""
     rates = []

@@ -9,12 +9,10 @@ are square 64 px, so size N upsamples the whole photo to N x N.
 
 Per size: linear top-1/top-5 (logistic regression, L2 chosen on a held-out 20% of train) and weighted kNN top-1
 (k=200, T=0.1), exactly as `simclr probe --train TRAIN --test TEST --model M --json`; and the embedding rate
-(decode + ONNX Runtime, both splits), as a ratio against the model's own size measured in the same run.
-`--random-baseline` adds the same architecture with random weights at the model's own size.
+(decode + ONNX Runtime, both splits), as a ratio against the size it was trained at, measured in the same run.
+`--random-baseline` adds the same architecture with random weights at the given model's input size.
 
-    git checkout e206fda -- model_repository/simclr_resnet18_photo64      # the photo model (README)
-    python bench/input_size.py --model model_repository/simclr_resnet18_photo64 --random-baseline \\
-        --out bench/results/input_size.json
+    python bench/input_size.py --random-baseline --out bench/results/input_size.json    # the default model
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from common import REPO, from_shared, machine, write_json
 
 from simclr.embed.encoder import EncoderSpec
 from simclr.embed.labelled import evaluation_encoder, folder_classes, labelled_sets
+from simclr.embed.onnx_encoder import DEFAULT_MODEL
 from simclr.evaluate.linear import L2_GRID
 from simclr.evaluate.probe import evaluate_features
 from simclr.export.layout import ModelMetadata
@@ -64,9 +63,8 @@ def best(rows: list[dict], key: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=REPO / "model_repository" / "simclr_resnet18_photo64",
-                        help="the exported model to re-export (default: simclr_resnet18_photo64, restored from git "
-                             "history as the README says)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help=f"the exported model to re-export (default: {DEFAULT_MODEL.name}, the default model)")
     parser.add_argument("--sizes", default="64,72,80,96",
                         help="input sizes, comma-separated, measured in this order (default 64,72,80,96)")
     parser.add_argument("--data", type=Path, default=PROBE_DATA,
@@ -78,8 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.model.exists():
-        sys.exit(f"bench: --model {args.model}: no such model (git checkout e206fda -- "
-                 "model_repository/simclr_resnet18_photo64 restores the photo model)")
+        sys.exit(f"bench: --model {args.model}: no such model")
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.data == PROBE_DATA:
         from_shared("tinyimagenet/tinyimagenet.py", "probe", str(PROBE_DATA))
@@ -106,7 +103,7 @@ def main() -> None:
             payload["sizes"] = sorted([*payload["sizes"], row], key=lambda r: r["image_size"])
             log.info("%d px: linear %.4f / %.4f, kNN %.4f, %.0f images/s", size, row["linear_top1"],
                      row["linear_top5"], row["knn_top1"], row["images_per_second"])
-            summarise(payload, metadata.image_size)
+            summarise(payload, metadata.train_image_size)
             write_json(payload, args.out)
     if args.random_baseline:
         log.info("random weights at %d px", metadata.image_size)
@@ -114,12 +111,13 @@ def main() -> None:
     write_json(payload, args.out)
 
 
-def summarise(payload: dict, own_size: int) -> None:
-    """The best size on each measure, and each size's embedding rate against the model's own size."""
+def summarise(payload: dict, training_size: int) -> None:
+    """The best size on each measure, and each size's embedding rate against the size the model was trained at."""
     rows = payload["sizes"]
-    own = next((row for row in rows if row["image_size"] == own_size), None)
+    trained = next((row for row in rows if row["image_size"] == training_size), None)
     for row in rows:
-        row["images_per_second_vs_own_size"] = row["images_per_second"] / own["images_per_second"] if own else None
+        row["images_per_second_vs_training_size"] = (row["images_per_second"] / trained["images_per_second"]
+                                                     if trained else None)
     payload["best"] = {"linear_top1": best(rows, "linear_top1"), "knn_top1": best(rows, "knn_top1")}
 
 

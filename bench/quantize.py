@@ -17,7 +17,7 @@ import numpy as np
 from common import REPO, from_shared, machine, median_rate, write_json
 
 from simclr.data.images import find_images, load_image
-from simclr.embed.onnx_encoder import OnnxEncoder
+from simclr.embed.onnx_encoder import DEFAULT_MODEL, OnnxEncoder
 from simclr.export.quantize import quantize_to_repository
 
 
@@ -39,12 +39,12 @@ def main() -> None:
     from_shared("cifar10.py", "folders", str(folders), "--split", "train", "--per-class", "200")
     with tempfile.TemporaryDirectory(prefix="simclr-quantize-") as scratch:
         repo = Path(scratch) / "repo"
-        shutil.copytree(REPO / "model_repository" / "simclr_resnet18", repo / "simclr_resnet18")
+        name = DEFAULT_MODEL.name
+        shutil.copytree(DEFAULT_MODEL, repo / name)
         started = time.perf_counter()
-        report = quantize_to_repository(repo / "simclr_resnet18" / "1" / "model.onnx", folders / "train",
-                                        args.calibration_images)
+        report = quantize_to_repository(repo / name / "1" / "model.onnx", folders / "train", args.calibration_images)
         quantize_seconds = time.perf_counter() - started
-        fp32, int8 = OnnxEncoder(repo / "simclr_resnet18"), OnnxEncoder(repo / "simclr_resnet18_int8")
+        fp32, int8 = OnnxEncoder(repo / name), OnnxEncoder(repo / f"{name}_int8")
         size = fp32.identity.image_size
         images = np.stack([load_image(path, size) for path in find_images(folders / "train")[::4][:256]])
         rows = []

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cifar_root, machine, median_rate, write_json
+from common import cifar_root, flops_per_pair, machine, median_rate, write_json
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from simclr.data.datasets import torchvision_split
@@ -28,7 +27,7 @@ from simclr.train.augment import TwoViews, simclr_augmentation
 from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.config import build_config
 from simclr.train.loop import Trainer
-from simclr.train.loss import contrastive_step, nt_xent
+from simclr.train.loss import nt_xent
 from simclr.train.model import SimCLRModel
 from simclr.train.optim import build_optimizer
 
@@ -116,12 +115,7 @@ def bench_training(root: Path, batch: int, steps: int, repeats: int, workers: in
     ours(), plain()  # warm-up: worker start, allocator
     baseline, simclr = median_rate(plain, repeats), median_rate(ours, repeats)
 
-    # FLOPs of one step (forward + backward of 2 x batch images), counted by torch.
-    views = torch.rand(batch, 3, 32, 32), torch.rand(batch, 3, 32, 32)
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = contrastive_step(model, *views, config.temperature)
-        loss.backward()
-    step_flops = counter.get_total_flops()
+    step_flops = flops_per_pair(model, 32, config.temperature, batch) * batch  # forward + backward of 2 x batch
     achieved = step_flops * simclr["median"] / batch
     return {"unit": "pairs/s", "batch": batch, "steps_per_run": steps, "workers": workers,
             "plain_loop": baseline, "simclr": simclr, "ratio": simclr["median"] / baseline["median"],

@@ -3,11 +3,11 @@
 # HTTP/JSON API; the server decodes it exactly as simclr-embed does. Prints Triton's JSON answer, whose
 # outputs[0].data is the embedding.
 #
-#   examples/embed_with_curl.sh photo.jpg [HOST:PORT] [MODEL]    (defaults: localhost:8000 simclr_resnet18_bytes)
+#   examples/embed_with_curl.sh photo.jpg [HOST:PORT] [MODEL]    (defaults: localhost:8000 simclr_resnet18_photo_bytes)
 set -eu
 file=$1
 server=${2:-localhost:8000}
-model=${3:-simclr_resnet18_bytes}
+model=${3:-simclr_resnet18_photo_bytes}
 size=$(wc -c < "$file")
 # Triton's binary data extension: the JSON header, then the raw tensor. A BYTES tensor is, per element, its length
 # as 4 bytes (little endian) followed by its bytes; Inference-Header-Content-Length says where the JSON ends.

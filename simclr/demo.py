@@ -122,7 +122,7 @@ def compare_with_triton(model_dir: Path, photos: list[Path], identity: ModelIden
     return differences
 
 
-def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None, probe_train: int = 10_000,
+def run_demo(out: Path, model: Path | None = None, data_root: Path | None = None, probe_train: int = 5_000,
              say: Callable[[str], None] = print, keep_serving: bool = False) -> DemoReport:
     """Run every stage once and report what it did; `say` prints progress lines for a person. Ends by starting the
     search service on the photos and printing its URL; it stops again unless `keep_serving` (then: at Ctrl-C)."""
@@ -277,7 +277,8 @@ def _probe(encoder: OnnxEncoder, data_root: Path, train_images: int) -> dict:
     from simclr.embed.labelled import labelled_sets
     from simclr.evaluate.probe import evaluate_features
 
-    train, test = labelled_sets(encoder, data="cifar10", data_root=data_root, limit_train=train_images)
+    train, test = labelled_sets(encoder, data="cifar10", data_root=data_root, limit_train=train_images,
+                                limit_test=train_images // 2)
     report = evaluate_features(train.features, train.labels, test.features, test.labels, len(train.classes))
     return {"linear_top1": report.linear_top1, "linear_top5": report.linear_top5, "knn_top1": report.knn_top1,
             "n_train": report.n_train, "n_test": report.n_test, "l2": report.l2}

@@ -98,6 +98,17 @@ def test_a_run_resumes_from_slim_parts_and_saves_a_whole_checkpoint(run: Path, t
     assert not list(carry.glob("last.pt.part-*"))  # the whole file replaced the parts
 
 
+def test_a_new_run_starts_from_slim_parts(run: Path, image_folder: Path, tmp_path: Path) -> None:
+    carry = tmp_path / "carry"
+    assert _simclr("slim", str(run), "--out", str(carry / "last.pt"), "--part-size", "30K").exit_code == 0
+    started = _simclr("train", "--data", str(image_folder), "--init", str(carry), "--out", str(tmp_path / "next"),
+                      *SMALL, "--max-steps", "1")
+    assert started.exit_code == 0, started.output
+    init = load_checkpoint(tmp_path / "next" / "last.pt")["init"]
+    assert init["kind"] == "checkpoint" and init["sha256"] == checkpoint_sha256(carry / "last.pt")
+    assert init["head_loaded"]
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "no-such-run: no such checkpoint"),
     ("text", "notes.pt: not a readable checkpoint"),

@@ -35,7 +35,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_help_and_every_command_help_import_no_torch(work: Path) -> None:
     _run("main", ["--help"], work)
     for command in ("train", "export", "serve", "embed", "index", "search", "probe", "demo", "search-server",
-                    "finetune", "classify", "quantize", "merge"):
+                    "finetune", "classify", "quantize", "merge", "slim"):
         _run("main", [command, "--help"], work)
 
 

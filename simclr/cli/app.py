@@ -50,8 +50,8 @@ def demo_command(
                                                     "model of the source tree]")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py: also run the linear "
                                                         "probe. [default: skip it]")] = None,
-    probe_train: Annotated[int, typer.Option(min=1, help="CIFAR-10 train images for the demo's probe (the test split "
-                                                         "is used whole).")] = 10_000,
+    probe_train: Annotated[int, typer.Option(min=2, help="CIFAR-10 train images for the demo's probe, and half as "
+                                                         "many test images (seeded subsets).")] = 5_000,
     keep_serving: Annotated[bool, typer.Option(help="Keep the search service it starts at the end running until "
                                                     "Ctrl-C (open its URL in a browser).")] = False,
 ) -> None:

@@ -25,8 +25,8 @@ def finetune_command(
                                      "training_curves.png, confusion.png, results.json, README.md.")],
     source: Annotated[Path | None, typer.Argument(help="The pre-trained model: a training checkpoint (last.pt) or "
                                                        "its run directory (f and g), or an exported model directory "
-                                                       "such as model_repository/simclr_resnet18 (f read back from "
-                                                       "its ONNX).", show_default=False)] = None,
+                                                       "such as model_repository/simclr_resnet18_photo (f read back "
+                                                       "from its ONNX).", show_default=False)] = None,
     resume: Annotated[bool, Option(help="Continue the run in --out exactly where it stopped (its recipe and "
                                         "labelled images; SOURCE may be left out). With --compare, the from-scratch "
                                         "run resumes too.")] = False,

@@ -13,7 +13,7 @@ from simclr.errors import first_line
 from simclr.export.layout import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelMetadata, sha256_of, versions
 
 MODEL_ENVIRONMENT = "SIMCLR_MODEL"
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model_repository" / "simclr_resnet18"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "model_repository" / "simclr_resnet18_photo"
 
 
 def resolve_model(model: Path | None) -> Path:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from simclr.embed.encoder import ModelIdentity, check_batch
-from simclr.export.layout import ModelMetadata, sha256_of
-from simclr.train.checkpoint import load_encoder, resolve_checkpoint
+from simclr.export.layout import ModelMetadata
+from simclr.train.checkpoint import checkpoint_sha256, load_encoder, resolve_checkpoint
 from simclr.train.config import ModelConfig
 from simclr.train.model import ResNetEncoder, UInt8Encoder
 
@@ -33,7 +33,7 @@ class TorchEncoder:
         path = resolve_checkpoint(checkpoint)
         encoder, config = load_encoder(path)
         return cls(encoder, config.model, config.augment.image_size, f"checkpoint:{path.parent.name}",
-                   sha256_of(path), device, str(path.resolve()))
+                   checkpoint_sha256(path), device, str(path.resolve()))
 
     @classmethod
     def random(cls, config: ModelConfig, image_size: int, seed: int = 0, device: str = "cpu") -> TorchEncoder:

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from simclr.export.bytes_model import BYTES_MODEL_DEFAULTS, BytesModelOptions, write_bytes_models
-from simclr.export.layout import OUTPUT_NAME, ModelMetadata, sha256_of
+from simclr.export.layout import OUTPUT_NAME, ModelMetadata
 from simclr.export.onnx_export import FP32_TOLERANCE, ExportedModel, write_checked_onnx
 from simclr.export.repository import RepositoryModel, ServingOptions, add_version
 from simclr.finetune.config import FinetuneConfig
 from simclr.finetune.loop import CHECKPOINT_KIND
 from simclr.finetune.model import Classifier, UInt8Classifier, kept_head
-from simclr.train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from simclr.train.checkpoint import CheckpointError, checkpoint_sha256, load_checkpoint, resolve_checkpoint
 from simclr.train.model import ResNetEncoder
 
 LOGITS_NAME = "logits"
@@ -70,7 +70,7 @@ def classifier_metadata(run: FinetunedRun) -> ModelMetadata:
     return ModelMetadata(image_size=config.image_size, embedding_dim=run.classifier.encoder.feature_dim,
                          architecture=config.model.arch, width=config.model.width, stem=config.model.stem,
                          mean=config.model.mean, std=config.model.std, recipe=recipe,
-                         checkpoint_sha256=sha256_of(run.checkpoint))
+                         checkpoint_sha256=checkpoint_sha256(run.checkpoint))
 
 
 def export_classifier_onnx(run: FinetunedRun, out_path: Path, parity_batch: int = 8) -> ExportedModel:

@@ -19,10 +19,9 @@ from simclr.export.layout import (
     OUTPUT_NAME,
     WEIGHT_PRECISIONS,
     ModelMetadata,
-    sha256_of,
 )
 from simclr.finetune.onnx_weights import read_onnx_encoder
-from simclr.train.checkpoint import load_encoder, resolve_checkpoint
+from simclr.train.checkpoint import checkpoint_sha256, load_encoder, resolve_checkpoint
 from simclr.train.config import ModelConfig, TrainConfig
 from simclr.train.model import ResNetEncoder, UInt8Encoder
 
@@ -80,7 +79,8 @@ def checkpoint_source(checkpoint: Path) -> ExportSource:
     """f of a training checkpoint (or run directory), recorded as trained."""
     checkpoint = resolve_checkpoint(checkpoint)
     encoder, config = load_encoder(checkpoint)
-    return ExportSource(encoder.eval(), config.model, model_metadata(config, encoder, sha256_of(checkpoint), False))
+    return ExportSource(encoder.eval(), config.model,
+                        model_metadata(config, encoder, checkpoint_sha256(checkpoint), False))
 
 
 def exported_model_source(model: Path, parity_batch: int = 8) -> ExportSource:

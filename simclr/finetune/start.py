@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr.export.layout import sha256_of
 from simclr.finetune.onnx_weights import PARITY_TOLERANCE, calibrate_folded_batch_norm, read_onnx_encoder
-from simclr.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from simclr.train.checkpoint import CheckpointError, checkpoint_sha256, load_checkpoint, resolve_checkpoint
 from simclr.train.config import ModelConfig, TrainConfig
 from simclr.train.model import ResNetEncoder, UInt8Encoder
 
@@ -39,11 +38,11 @@ class PretrainedModel:
 
 
 def open_pretrained(source: Path) -> PretrainedModel:
-    """A checkpoint (last.pt or a run directory holding one) or an exported model (a model directory, a version
-    directory or a .onnx file)."""
+    """A checkpoint (last.pt, a slim one or its parts, or a run directory holding one) or an exported model (a model
+    directory, a version directory or a .onnx file)."""
     source = Path(source)
-    checkpoint = source / CHECKPOINT_NAME if source.is_dir() else source
-    if checkpoint.is_file() if source.is_dir() else source.suffix == ".pt":
+    checkpoint = _checkpoint_of(source)
+    if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         if "head" not in state:
             raise CheckpointError(f"{checkpoint}: not a pre-training checkpoint (no projection head g); a "
@@ -51,7 +50,7 @@ def open_pretrained(source: Path) -> PretrainedModel:
         config = TrainConfig.from_dict(state["config"])
         encoder = ResNetEncoder(config.model)
         encoder.load_state_dict(state["encoder"])
-        return PretrainedModel("checkpoint", checkpoint.resolve(), sha256_of(checkpoint), config.model,
+        return PretrainedModel("checkpoint", checkpoint.resolve(), checkpoint_sha256(checkpoint), config.model,
                                config.augment.image_size, encoder, state["head"])
     try:
         read = read_onnx_encoder(source)
@@ -60,6 +59,17 @@ def open_pretrained(source: Path) -> PretrainedModel:
                                 "directory") from None
     return PretrainedModel("onnx", read.path, read.sha256, read.model_config, read.metadata.image_size,
                            read.encoder, None, read.folded)
+
+
+def _checkpoint_of(source: Path) -> Path | None:
+    """The checkpoint `source` names (a file, one of its parts, or a run directory's last.pt), or None: then it is an
+    exported model, or nothing."""
+    if source.suffix == ".onnx":
+        return None
+    try:
+        return resolve_checkpoint(source)
+    except FileNotFoundError:
+        return None
 
 
 def prepare_onnx_start(pretrained: PretrainedModel, images: torch.Tensor) -> float:

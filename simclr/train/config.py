@@ -113,8 +113,10 @@ class SchedulePlan:
 class TrainConfig:
     """Everything a training run needs; saved as config.json beside every checkpoint."""
 
-    data: str = setting("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root) or a folder of "
-                                   "images, searched recursively; labels are not used. Required for a new run; a "
+    data: str = setting("cifar10", "Training images: cifar10, cifar100, stl10 (from --data-root), a folder of "
+                                   "images, searched recursively, or tar shards read without unpacking (a .tar, "
+                                   ".tar.gz or .tar.xz file, a folder of them, or a comma-separated list); labels "
+                                   "are not used. Required for a new run; a "
                                    "resumed run reads it from its config, or from here when its images moved (the "
                                    "same images: their count and relative paths are checked).",
                         resumable="same images")

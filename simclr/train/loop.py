@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from simclr.atomic import atomic_write_text
 from simclr.data.datasets import InMemoryImages, training_images
@@ -228,18 +229,22 @@ class Trainer(EpochLoop):
         """One optimiser step on a uint8 batch [n, 3, H, W]; returns (loss, contrastive accuracy)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule[self.step]
-        view1, view2 = self.two_views(images.to(self.device, non_blocking=True))
-        with self.autocast:
+        # The regions name the step's phases in a torch.profiler trace (bench/profile_step.py); free otherwise.
+        with record_function("augment"):
+            view1, view2 = self.two_views(images.to(self.device, non_blocking=True))
+        with record_function("forward"), self.autocast:
             loss, accuracy = contrastive_step(self.network, view1.contiguous(memory_format=self.memory_format),
                                               view2.contiguous(memory_format=self.memory_format),
                                               self.config.temperature)
-        self.optimizer.zero_grad(set_to_none=True)
-        # Each rank holds its share of the full gradient and DDP averages: scale by the world size to undo that.
-        self.scaler.scale(loss * self.world).backward()
-        loss_value = loss.item()
+        with record_function("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            # Each rank holds its share of the full gradient and DDP averages: scale by the world size to undo that.
+            self.scaler.scale(loss * self.world).backward()
+            loss_value = loss.item()
         self.check_finite(loss_value)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with record_function("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step += 1
         if self.step_timer is not None:
             self._follow_budget()

@@ -19,11 +19,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """What --precision means on `device`: auto is bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager,
                                                                    torch.amp.GradScaler]:
     """The autocast context and gradient scaler of --precision (auto: bf16 on CUDA, fp32 on CPU; fp16 scales)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(device, precision)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
