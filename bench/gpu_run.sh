@@ -12,13 +12,13 @@
 # model.tar.part-* (the exported model directory) and last.pt[.part-*] (the run, slim: simclr train --resume).
 # Back here: cat model.tar.part-* | tar -x -C model_repository   (the model is named simclr_resnet18_photo_next)
 #
-# Settings (environment): CARRY (.gpu), WORK (/tmp/simclr-gpu), DEVICE (cuda), BUDGET (seconds of training: 360),
+# Settings (environment): CARRY (.gpu), WORK (/tmp/simclr-gpu), DEVICE (cuda), BUDGET (seconds of training: 300),
 # BATCH (1024), WORKERS (cores - 1), INIT (the default photo model), PROFILE_STEPS (30), EXPORT_SIZE (96),
 # MIN_SHARDS (7 training shards), PYTHON (python3), TRAIN_ARGS (more simclr train options, e.g. "--blur-scaled").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-CARRY=${CARRY:-.gpu} WORK=${WORK:-/tmp/simclr-gpu} DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-360}
+CARRY=${CARRY:-.gpu} WORK=${WORK:-/tmp/simclr-gpu} DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-300}
 BATCH=${BATCH:-1024} WORKERS=${WORKERS:-$(($(nproc) - 1))} INIT=${INIT:-model_repository/simclr_resnet18_photo}
 PROFILE_STEPS=${PROFILE_STEPS:-30} EXPORT_SIZE=${EXPORT_SIZE:-96} MIN_SHARDS=${MIN_SHARDS:-7}
 SHARED=${SHARED:-../shared/data/tinyimagenet} NAME=simclr_resnet18_photo_next PYTHON=${PYTHON:-python3}
@@ -76,8 +76,13 @@ timeout -s TERM $((BUDGET + 60)) "$PYTHON" -m simclr train --data "$WORK/train" 
     --batch-size "$BATCH" --epochs 1000 --time-budget "$BUDGET" --workers "$WORKERS" --device "$DEVICE" \
     --save-every-minutes 2 --out "$WORK/run" --json ${TRAIN_ARGS:-} > "$WORK/train.json" || true
 wait "$unpacking"
-simclr probe --train "$WORK/probe/train" --test "$WORK/probe/test" --checkpoint "$WORK/run" --device "$DEVICE" \
-    --json > "$WORK/probe.json"
+rm -f "$WORK"/probe-*.json
+trained_at=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["augment"]["image_size"])' \
+    "$WORK/run/config.json")
+for size in "$trained_at" "$EXPORT_SIZE"; do  # the default's figures are known at both (bench/results/input_size.json)
+    [ -e "$WORK/probe-$size.json" ] || simclr probe --train "$WORK/probe/train" --test "$WORK/probe/test" \
+        --checkpoint "$WORK/run" --image-size "$size" --device "$DEVICE" --json > "$WORK/probe-$size.json"
+done
 rm -rf "$WORK/repo"
 simclr export "$WORK/run" --repo "$WORK/repo" --name "$NAME" --image-size "$EXPORT_SIZE" --weights fp16 \
     --json > "$WORK/export.json"

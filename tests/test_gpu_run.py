@@ -72,8 +72,11 @@ def test_the_gpu_window_runs_on_the_cpu_and_brings_back_what_it_promises(tiny_re
     assert plan["time_budget"] == 6 and plan["total_steps"] == figures["train"]["planned_steps"]
     assert figures["train"]["wall_seconds"] <= 6 + 5  # the plan ends inside the budget (a reserve for the save)
     assert figures["init"] == str(tiny_repo / "tiny")
-    assert figures["probe"]["n_train"] == 18 and figures["probe"]["n_test"] == 18
-    assert 0 <= figures["probe"]["linear_top1"] <= 1 and figures["mfu"] is None  # no peak for a CPU
+    assert set(figures["probe"]) == {"64", "72"}  # the training size and the export's
+    for size, probe in figures["probe"].items():
+        assert probe["run"]["n_train"] == 18 and probe["run"]["n_test"] == 18 and 0 <= probe["run"]["knn_top1"] <= 1
+        assert probe["default"]["image_size"] == int(size)  # the default's figures at the same size
+    assert isinstance(figures["beats_default"], bool) and figures["mfu"] is None  # no peak for a CPU
     assert figures["flops_per_pair"] > 0 and figures["export"]["metadata"]["image_size"] == "72"
     profile = json.loads((out / "profile.json").read_text())
     assert set(profile["regions"]) == {"data", "augment", "forward", "backward", "optimizer"}

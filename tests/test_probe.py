@@ -149,6 +149,21 @@ def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_fo
     assert from_files["linear_top1"] == pytest.approx(report["linear_top1"], abs=0.02)
 
 
+def test_a_checkpoint_probed_at_another_size_matches_its_export_at_that_size(cifar_folders: Path, tiny_run: Path,
+                                                                              tmp_path: Path) -> None:
+    from simclr.export.repository import export_to_repository
+
+    export_to_repository(tiny_run, tmp_path / "repo", "at48", image_size=48)
+    split = ["--train", str(cifar_folders / "train"), "--test", str(cifar_folders / "test"), "--limit-train", "400",
+             "--limit-test", "200", "--json"]
+    torch_report = json.loads(_probe(*split, "--checkpoint", str(tiny_run), "--image-size", "48").stdout)
+    onnx_report = json.loads(_probe(*split, "--model", str(tmp_path / "repo" / "at48")).stdout)
+    assert torch_report["model"]["image_size"] == onnx_report["model"]["image_size"] == 48
+    assert torch_report["knn_top1"] == pytest.approx(onnx_report["knn_top1"], abs=0.02)
+    refused = _probe(*split, "--model", str(tmp_path / "repo" / "at48"), "--image-size", "64")
+    assert refused.exit_code == 1 and "--image-size 64: only with --checkpoint" in refused.output
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "give one labelled source"),
     (["--data", "mnist", "--data-root", "x"], "--data 'mnist'"),

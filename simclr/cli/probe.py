@@ -30,6 +30,11 @@ def probe_command(
     encoder: EncoderSpec,
     checkpoint: Annotated[Path | None, Option(help="A training checkpoint (or run directory) to evaluate in PyTorch.")
                           ] = None,
+    image_size: Annotated[int | None, Option(min=16, help="For --checkpoint: embed at this side in pixels (f is "
+                                                        "convolutional with global pooling, so any size runs; an "
+                                                        "exported model's size is fixed: re-export it with simclr "
+                                                        "export --image-size). [default: its training size]")
+                          ] = None,
     baseline: Annotated[Literal["random", "pixels"] | None,
                         Option(help="random: the same architecture with random weights; pixels: raw pixels at the "
                                     "model's image size.")] = None,
@@ -65,8 +70,11 @@ def probe_command(
                 raise ValueError(f"--l2 {strength:g}: must be 0 or more")
         check_labelled_source(data=data, train=train, test=test, train_features=train_features,
                               test_features=test_features, limit_train=limit_train, limit_test=limit_test)
+        if image_size is not None and checkpoint is None:
+            raise ValueError(f"--image-size {image_size}: only with --checkpoint (an exported model's input size is "
+                             "fixed: re-export it with simclr export --image-size)")
         precomputed = train_features is not None or test_features is not None
-        model = None if precomputed else evaluation_encoder(encoder, checkpoint, baseline)
+        model = None if precomputed else evaluation_encoder(encoder, checkpoint, baseline, image_size)
         train_set, test_set = labelled_sets(model, data=data, data_root=data_root, train=train, test=test,
                                             train_features=train_features, test_features=test_features,
                                             limit_train=limit_train, limit_test=limit_test, seed=seed,

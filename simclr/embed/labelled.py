@@ -109,15 +109,17 @@ def features_file(path: Path, classes: tuple[str, ...] | None = None) -> Labelle
 BASELINES = ("random", "pixels")
 
 
-def evaluation_encoder(spec: EncoderSpec, checkpoint: Path | None = None, baseline: str | None = None) -> Encoder:
-    """The encoder to evaluate: a training checkpoint's f in PyTorch, else the exported or served model of `spec`;
-    with `baseline`, the same architecture with random weights or raw pixels at that model's image size."""
+def evaluation_encoder(spec: EncoderSpec, checkpoint: Path | None = None, baseline: str | None = None,
+                       image_size: int | None = None) -> Encoder:
+    """The encoder to evaluate: a training checkpoint's f in PyTorch (at `image_size`, default its training size),
+    else the exported or served model of `spec`; with `baseline`, the same architecture with random weights or raw
+    pixels at that model's image size."""
     from simclr.embed.torch_encoder import PixelEncoder, TorchEncoder, model_config_from_metadata
 
     torch_device = "cuda" if spec.device == "cuda" else "cpu"
     if baseline not in (None, *BASELINES):
         raise ValueError(f"--baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
-    reference = TorchEncoder.from_checkpoint(checkpoint, torch_device) if checkpoint else spec.open()
+    reference = TorchEncoder.from_checkpoint(checkpoint, torch_device, image_size) if checkpoint else spec.open()
     if baseline is None:
         return reference
     if baseline == "pixels":

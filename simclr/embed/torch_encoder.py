@@ -29,10 +29,11 @@ class TorchEncoder:
         self.source = source
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, device: str = "cpu") -> TorchEncoder:
+    def from_checkpoint(cls, checkpoint: Path, device: str = "cpu", image_size: int | None = None) -> TorchEncoder:
+        """f of a checkpoint, embedding at `image_size` (default: the size it was trained at)."""
         path = resolve_checkpoint(checkpoint)
         encoder, config = load_encoder(path)
-        return cls(encoder, config.model, config.augment.image_size, f"checkpoint:{path.parent.name}",
+        return cls(encoder, config.model, image_size or config.augment.image_size, f"checkpoint:{path.parent.name}",
                    checkpoint_sha256(path), device, str(path.resolve()))
 
     @classmethod
