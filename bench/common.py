@@ -64,11 +64,26 @@ def flops_per_pair(model: torch.nn.Module, image_size: int, temperature: float, 
     from simclr.train.loss import contrastive_step
 
     model = copy.deepcopy(model).float().cpu().train()
-    views = torch.rand(pairs, 3, image_size, image_size), torch.rand(pairs, 3, image_size, image_size)
+    views = torch.rand(2 * pairs, 3, image_size, image_size)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = contrastive_step(model, *views, temperature)
+        loss, _ = contrastive_step(model, views, temperature)
         loss.backward()
     return counter.get_total_flops() / pairs
+
+
+# Dense bf16/fp16 tensor-core peaks (the vendors' datasheets, SXM parts), by a substring of the device name.
+PEAKS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "A10G": 125e12}
+
+
+def card_peak(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """A CUDA card's dense bf16/fp16 peak FLOP/s (None where unknown), and what it is."""
+    if device.type != "cuda":
+        return None, "no peak for a CPU"
+    name = torch.cuda.get_device_name(device)
+    if precision not in ("bf16", "fp16"):
+        return None, f"{name}: peaks are known for bf16/fp16 only"
+    peak = next((flops for key, flops in PEAKS.items() if key in name), None)
+    return peak, f"{name}: dense {precision} peak" if peak else f"{name}: peak unknown"
 
 
 def median_rate(run: Callable[[], int], repeats: int) -> dict:
@@ -82,13 +97,17 @@ def median_rate(run: Callable[[], int], repeats: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
+    """The processor (name, family/model, the vector ISA that decides its speed), cores, torch, and the GPU."""
+    fields = {}
     with open("/proc/cpuinfo") as file:
         for line in file:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    info = {"cpu": fields.get("model name", platform.processor() or platform.machine()),
+            "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+            "isa": [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags],
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -8,13 +8,16 @@
 # folder (the tree, ~24 MB, travels too; a call takes 64 MiB in all):
 #   STAGE=carry bench/gpu_run.sh    carry .gpu/a     (shards 0-1)     then .gpu/b (2-3), .gpu/c (4-5)
 #   bench/gpu_run.sh                carry .gpu/d     (shards 6-7: the run, about 9 minutes)
+#   STAGE=throughput bench/gpu_run.sh              (while still warm: the old and the new step's pairs/s and MFU in
+#                                                   one command, bench/train_throughput.py; brings back one JSON)
 # $OUT then holds at most 8 files of at most 15 MiB: figures.json, profile.json, metrics.jsonl, run.log,
 # model.tar.part-* (the exported model directory) and last.pt[.part-*] (the run, slim: simclr train --resume).
 # Back here: cat model.tar.part-* | tar -x -C model_repository   (the model is named simclr_resnet18_photo_next)
 #
 # Settings (environment): CARRY (.gpu), WORK (/tmp/simclr-gpu), DEVICE (cuda), BUDGET (seconds of training: 300),
 # BATCH (1024), WORKERS (cores - 1), INIT (the default photo model), PROFILE_STEPS (30), EXPORT_SIZE (96),
-# MIN_SHARDS (7 training shards), PYTHON (python3), TRAIN_ARGS (more simclr train options, e.g. "--blur-scaled").
+# MIN_SHARDS (7 training shards), PYTHON (python3), TRAIN_ARGS (more simclr train options, e.g. "--blur-scaled"),
+# MODES (the throughput stage's steps: reference,fast,compiled,cudagraphs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -43,6 +46,14 @@ for shard in "$CARRY"/*/tinyimagenet-train-*.tar.xz; do
 done
 ls "$WORK/train" "$WORK/test"
 [ "${STAGE:-run}" = carry ] && exit 0
+if [ "${STAGE:-run}" = throughput ]; then
+    OUT=${OUT:-$WORK/out}
+    mkdir -p "$OUT"
+    "$PYTHON" bench/train_throughput.py --device "$DEVICE" --preset photo --data "$WORK/train/tinyimagenet-train-0.tar.xz" \
+        --batch "$BATCH" --workers "$WORKERS" --augment-images 0 --modes "${MODES:-reference,fast,compiled,cudagraphs}" \
+        --steps "${THROUGHPUT_STEPS:-20}" --warmup 5 --out "$OUT/train_throughput.json"
+    exit 0
+fi
 
 shards=$(ls "$WORK/train" | wc -l)
 [ "$shards" -ge "$MIN_SHARDS" ] || { echo "gpu_run: $shards training shards in $WORK/train, $MIN_SHARDS needed" >&2; exit 1; }

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import flops_per_pair, machine, write_json
+from common import card_peak, flops_per_pair, machine, write_json
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from simclr.train.config import PRESETS, build_config
@@ -27,20 +27,6 @@ from simclr.train.loop import Trainer, init_model_settings
 from simclr.train.runtime import resolve_device, resolve_precision
 
 REGIONS = ("data", "augment", "forward", "backward", "optimizer")
-# Dense bf16/fp16 tensor-core peaks (the vendors' datasheets, SXM parts), by a substring of the device name.
-PEAKS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "A10G": 125e12}
-
-
-def card_peak(device: torch.device, precision: str) -> tuple[float | None, str]:
-    if device.type != "cuda":
-        return None, "no peak for a CPU"
-    name = torch.cuda.get_device_name(device)
-    if precision not in ("bf16", "fp16"):
-        return None, f"{name}: peaks are known for bf16/fp16 only"
-    peak = next((flops for key, flops in PEAKS.items() if key in name), None)
-    return peak, f"{name}: dense {precision} peak" if peak else f"{name}: peak unknown"
-
-
 def steps_of(trainer: Trainer):
     """The trainer's batches, epoch after epoch, each fetched inside a `data` region."""
     epoch = 0
@@ -87,7 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024, help="global batch (default 1024)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes for folder data (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model, as simclr train --compile")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile f, g and the loss, as simclr train (default: on for CUDA)")
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing (default 10)")
     parser.add_argument("--steps", type=int, default=30, help="steps timed, then as many profiled (default 30)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -119,7 +106,7 @@ def main() -> None:
         "benchmark": "profile_step", "machine": machine(), "device": str(device),
         "config": {"preset": config.preset, "data": config.data, "init": config.init, "batch_size": config.batch_size,
                    "image_size": config.augment.image_size, "precision": precision,
-                   "channels_last": trainer.memory_format == torch.channels_last, "compile": config.compile,
+                   "channels_last": trainer.memory_format == torch.channels_last, "compile": trainer.compiling,
                    "arch": config.model.arch, "width": config.model.width, "stem": config.model.stem},
         "setup_seconds": setup_seconds, "warmup_steps": args.warmup, "warmup_seconds": warmup_seconds,
         "steps": args.steps, "pairs_per_second": pairs_per_second,

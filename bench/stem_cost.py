@@ -33,7 +33,7 @@ def measure(stem: str, size: int, batch: int, steps: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = SimCLRModel(ModelConfig(stem=stem))
     images = torch.rand(batch, 3, size, size)
-    views = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
+    views = torch.rand(2 * batch, 3, size, size)
 
     def embed() -> int:
         with torch.no_grad():
@@ -43,7 +43,7 @@ def measure(stem: str, size: int, batch: int, steps: int, repeats: int) -> dict:
 
     def train_step() -> int:
         for _ in range(steps):
-            loss, _ = contrastive_step(model, *views, temperature=0.2)
+            loss, _ = contrastive_step(model, views, temperature=0.2)
             model.zero_grad(set_to_none=True)
             loss.backward()
         return steps * batch

@@ -1,10 +1,21 @@
-"""Training throughput of ResNet-18 (CIFAR stem, 32 px) against the plain PIL + torchvision path, in one run.
+"""Training throughput of one SimCLR step, today's reference step against the fast step, in one run.
 
-(a) augmentation alone: two views/s of simclr's batched uint8 pipeline vs per-image PIL + torchvision transforms;
-(b) end to end: training pairs/s of simclr's trainer vs a plain loop (the PIL path in a DataLoader with the same
-    worker count, the same model, loss and optimiser), plus the fraction of the machine's FLOP peak a step reaches.
+(a) augmentation alone: two-view images/s of simclr's batched uint8 pipeline (one pass over both views) against
+    per-image PIL + torchvision transforms;
+(b) a whole step, pairs/s, for each --modes entry, on the same preset, batch and image size:
+    reference   simclr's earlier step (per-view augmentation, a host sync per step, LARS one tensor at a time)
+    fast        the default step (both views in one pass, no host sync, multi-tensor LARS), not compiled
+    compiled    the fast step under torch.compile (the default on CUDA; its compile time is reported apart)
+    cudagraphs  the compiled step with mode="reduce-overhead" (CUDA only)
+    lightly     lightly's SimCLR recipe: its SimCLRTransform in a DataLoader with --workers, a torchvision ResNet-18
+                with the CIFAR stem, its SimCLRProjectionHead, NTXentLoss and LARS (CPU only; pip install lightly)
+    Each mode: pairs/s (median of --repeats runs of --steps steps, the device synchronised at both ends), ratios
+    against reference and lightly, FLOPs per pair (torch.utils.flop_counter) and the fraction of the peak (a GPU's
+    dense bf16 datasheet peak; a CPU's nominal FP32 peak).
 
-    python bench/train_throughput.py --out bench/results/train_throughput.json
+    python bench/train_throughput.py --out bench/results/train_throughput.json                 # CPU, CIFAR-10
+    python bench/train_throughput.py --device cuda --preset photo --data SHARD --batch 1024 \\
+        --modes reference,fast,compiled,cudagraphs --out train_throughput_gpu.json                 # GPU
 """
 
 from __future__ import annotations
@@ -17,25 +28,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cifar_root, flops_per_pair, machine, median_rate, write_json
+from common import card_peak, cifar_root, flops_per_pair, machine, median_rate, write_json
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from simclr.data.datasets import torchvision_split
 from simclr.train.augment import TwoViews, simclr_augmentation
-from simclr.train.batches import ResumableSampler, epoch_batches
 from simclr.train.config import build_config
 from simclr.train.loop import Trainer
-from simclr.train.loss import nt_xent
-from simclr.train.model import SimCLRModel
-from simclr.train.optim import build_optimizer
+from simclr.train.runtime import native_cpu_bf16, resolve_device, resolve_precision
+
+TRAINER_MODES = {"reference": {"train_step": "reference", "compile": False},
+                 "fast": {"train_step": "fast", "compile": False},
+                 "compiled": {"train_step": "fast", "compile": True},
+                 "cudagraphs": {"train_step": "fast", "compile": True, "compile_mode": "reduce-overhead"}}
 
 
-def pil_transform() -> transforms.Compose:
+def pil_transform(size: int) -> transforms.Compose:
     """The per-image path most SimCLR code uses (cifar preset: s = 0.5, no blur)."""
     return transforms.Compose([
-        transforms.RandomResizedCrop(32, scale=(0.08, 1.0)),
+        transforms.RandomResizedCrop(size, scale=(0.08, 1.0)),
         transforms.RandomHorizontalFlip(),
         transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
@@ -43,26 +56,11 @@ def pil_transform() -> transforms.Compose:
     ])
 
 
-class PilPairs(Dataset):
-    """CIFAR images as PIL images, each returned as two augmented views."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-        self.transform = pil_transform()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = Image.fromarray(self.images[index])
-        return self.transform(image), self.transform(image)
-
-
 def bench_augmentation(images_nhwc: np.ndarray, batch: int, repeats: int) -> dict:
     images_nchw = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous()
     config = build_config("cifar", {})
     two_views = TwoViews(simclr_augmentation(config.augment, torch.Generator().manual_seed(0)))
-    transform = pil_transform()
+    transform = pil_transform(config.augment.image_size)
     batches = [slice(start, start + batch) for start in range(0, len(images_nhwc) - batch + 1, batch)]
 
     def ours() -> int:
@@ -72,8 +70,7 @@ def bench_augmentation(images_nhwc: np.ndarray, batch: int, repeats: int) -> dic
 
     def pil() -> int:
         for part in batches:
-            views = [transform(Image.fromarray(array)) for array in images_nhwc[part] for _ in range(2)]
-            torch.stack(views)
+            torch.stack([transform(Image.fromarray(array)) for array in images_nhwc[part] for _ in range(2)])
         return 2 * len(batches) * batch
 
     baseline, simclr = median_rate(pil, repeats), median_rate(ours, repeats)
@@ -81,57 +78,88 @@ def bench_augmentation(images_nhwc: np.ndarray, batch: int, repeats: int) -> dic
             "ratio": simclr["median"] / baseline["median"]}
 
 
-def bench_training(root: Path, batch: int, steps: int, repeats: int, workers: int) -> dict:
-    config = build_config("cifar", {"data": "cifar10", "data_root": str(root), "batch_size": batch,
-                                    "workers": workers, "device": "cpu", "model.arch": "resnet18", "epochs": 1,
-                                    "optim.warmup_epochs": 0.0})
-    trainer = Trainer(config, Path("unused"), torch.device("cpu"), resume=False)  # only train_step is used
-    batches = epoch_batches(trainer.dataset, ResumableSampler(len(trainer.dataset), 0, 0), batch, workers, 0, False)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def ours() -> int:
-        for images in itertools.islice(batches, steps):
-            trainer.train_step(images)
-        return steps * batch
 
-    # The plain loop: PIL path in a DataLoader, same model, loss and optimiser.
+def trainer_mode(mode: str, overrides: dict, preset: str, steps: int, repeats: int,
+                 warmup: int) -> tuple[dict, Trainer]:
+    """pairs/s of simclr's trainer in `mode`, after `warmup` untimed steps (compilation among them)."""
+    config = build_config(preset, {**overrides, **TRAINER_MODES[mode]})
+    device = resolve_device(config.device)
+    trainer = Trainer(config, Path("unused"), device, resume=False)  # only train_step is used: nothing is written
+
+    def endless():
+        for epoch in itertools.count():
+            yield from trainer.batches(epoch, 0)
+
+    batches = endless()
+    started = time.perf_counter()
+    trainer.train_step(next(batches))
+    synchronize(device)
+    first_step = time.perf_counter() - started
+    for _ in range(warmup - 1):
+        trainer.train_step(next(batches))
+
+    def run() -> int:
+        synchronize(device)
+        values = [trainer.train_step(next(batches)) for _ in range(steps)]
+        float(values[-1][0])  # what the loop reads every --log-every steps
+        synchronize(device)
+        return steps * config.batch_size
+
+    result = median_rate(run, repeats)
+    result.update(first_step_seconds=first_step, precision=resolve_precision(device, config.precision),
+                  channels_last=trainer.memory_format == torch.channels_last)
+    return result, trainer
+
+
+class LightlyPairs(Dataset):
+    """uint8 images as PIL images, each returned as lightly's two SimCLRTransform views."""
+
+    def __init__(self, images: np.ndarray, size: int) -> None:
+        from lightly.transforms import SimCLRTransform
+
+        self.images = images
+        self.transform = SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=0.0)  # the cifar recipe
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self.transform(Image.fromarray(self.images[index])))
+
+
+def lightly_mode(images_nhwc: np.ndarray, config, steps: int, repeats: int, workers: int) -> dict:
+    """pairs/s of lightly's SimCLR recipe on the CPU (its transform, head, loss and LARS; a torchvision ResNet-18)."""
+    import torchvision
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.utils.lars import LARS
+
     torch.manual_seed(0)
-    model = SimCLRModel(config.model)
-    optimizer = build_optimizer(model, config.optim, batch)
-    for group in optimizer.param_groups:
-        group["lr"] = trainer.schedule[0]
-    loader = DataLoader(PilPairs(trainer.dataset.images.permute(0, 2, 3, 1).numpy()), batch_size=batch,
+    backbone = torchvision.models.resnet18()
+    backbone.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem
+    backbone.maxpool, backbone.fc = torch.nn.Identity(), torch.nn.Identity()
+    model = torch.nn.Sequential(backbone, SimCLRProjectionHead(512, 512, 128))
+    criterion = NTXentLoss(temperature=config.temperature)
+    optimizer = LARS(model.parameters(), lr=0.3 * config.batch_size / 256, momentum=0.9, weight_decay=1e-6)
+    loader = DataLoader(LightlyPairs(images_nhwc, config.augment.image_size), batch_size=config.batch_size,
                         shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-    plain_batches = iter(itertools.cycle(loader))
+    batches = iter(itertools.cycle(loader))
 
-    def plain() -> int:
-        for view1, view2 in itertools.islice(plain_batches, steps):
+    def run() -> int:
+        for view1, view2 in itertools.islice(batches, steps):
             z = model(torch.cat([view1, view2]))
-            loss = nt_xent(z[:batch], z[batch:], config.temperature)
+            loss = criterion(z[:config.batch_size], z[config.batch_size:])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return steps * batch
+        return steps * config.batch_size
 
-    ours(), plain()  # warm-up: worker start, allocator
-    baseline, simclr = median_rate(plain, repeats), median_rate(ours, repeats)
-
-    step_flops = flops_per_pair(model, 32, config.temperature, batch) * batch  # forward + backward of 2 x batch
-    achieved = step_flops * simclr["median"] / batch
-    return {"unit": "pairs/s", "batch": batch, "steps_per_run": steps, "workers": workers,
-            "plain_loop": baseline, "simclr": simclr, "ratio": simclr["median"] / baseline["median"],
-            "step_gflop": step_flops / 1e9, "achieved_gflops": achieved / 1e9}
-
-
-def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Measured FP32 matrix-multiply FLOP/s of torch.matmul (for reference beside the nominal peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / sorted(times)[len(times) // 2]
+    run()  # warm-up: worker start, allocator
+    return median_rate(run, repeats)
 
 
 def nominal_peak(flops_per_cycle: int) -> float:
@@ -143,29 +171,66 @@ def nominal_peak(flops_per_cycle: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--preset", default="cifar", choices=("cifar", "photo"), help="recipe (default cifar)")
+    parser.add_argument("--data", default=None, help="training images for (b) (default: CIFAR-10 from ../shared)")
+    parser.add_argument("--modes", default="reference,fast,lightly",
+                        help="comma-separated, of reference, fast, compiled, cudagraphs, lightly "
+                             "(default reference,fast,lightly)")
+    parser.add_argument("--batch", type=int, default=64, help="pairs per step (default 64)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per timed run (default 8)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing each mode (default 3)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both paths (default 2)")
-    parser.add_argument("--augment-images", type=int, default=2048, help="images for (a) (default 2048)")
-    parser.add_argument("--flops-per-cycle", type=int, default=64,
-                        help="FP32 FLOPs per cycle per core for the nominal peak (default 64: two 512-bit FMA pipes, "
-                             "as AMD Zen 5 and Intel AVX-512 server cores; use 32 for AVX2-only or Zen 4)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes / DataLoader workers (default 2)")
+    parser.add_argument("--augment-images", type=int, default=2048, help="images for (a); 0 skips it (default 2048)")
+    parser.add_argument("--flops-per-cycle", type=int, default=32,
+                        help="a CPU's FP32 FLOPs per cycle per core for its nominal peak (default 32: two 256-bit FMA "
+                             "pipes, AVX2 cores such as Zen 3; 64 for two 512-bit pipes)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    unknown = set(modes) - {*TRAINER_MODES, "lightly"}
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
 
-    root = cifar_root()
-    images = torchvision_split("cifar10", root, train=True).images[: args.augment_images].permute(0, 2, 3, 1)
-    augmentation = bench_augmentation(images.numpy().copy(), args.batch, args.repeats)
-    training = bench_training(root, args.batch, args.steps, args.repeats, args.workers)
-    if not torch.cuda.is_available():
-        peak, gemm = nominal_peak(args.flops_per_cycle), gemm_peak()
-        training["nominal_peak_gflops"] = peak / 1e9
-        training["nominal_peak_basis"] = f"{os.cpu_count()} cores x base clock x {args.flops_per_cycle} FLOP/cycle"
-        training["fraction_of_nominal_peak"] = training["achieved_gflops"] * 1e9 / peak
-        training["torch_sgemm_gflops"] = gemm / 1e9
-    write_json({"benchmark": "train_throughput", "machine": machine(), "augmentation": augmentation,
-                "training": training}, args.out)
+    root = cifar_root() if args.data is None or args.augment_images or "lightly" in modes else None
+    cifar = torchvision_split("cifar10", root, train=True).images if root else None
+    payload = {"benchmark": "train_throughput", "machine": machine(), "cpu_native_bf16": native_cpu_bf16()}
+    if args.augment_images:
+        sample = cifar[: args.augment_images].permute(0, 2, 3, 1).numpy().copy()
+        payload["augmentation"] = bench_augmentation(sample, args.batch, args.repeats)
+
+    overrides = {"data": args.data or "cifar10", "data_root": None if args.data else str(root),
+                 "batch_size": args.batch, "workers": args.workers, "device": args.device, "epochs": 1000,
+                 "optim.warmup_epochs": 0.0, "log_every": 10**9}
+    results, model, config = {}, None, build_config(args.preset, overrides)
+    for mode in modes:
+        if mode == "lightly":
+            images = cifar.permute(0, 2, 3, 1).numpy()
+            results[mode] = lightly_mode(images, config, args.steps, args.repeats, args.workers)
+        else:
+            results[mode], trainer = trainer_mode(mode, overrides, args.preset, args.steps, args.repeats, args.warmup)
+            model = trainer.model
+            del trainer
+    device = resolve_device(args.device)
+    flops = flops_per_pair(model, config.augment.image_size, config.temperature) if model is not None else None
+    precision = resolve_precision(device, config.precision)
+    peak, basis = card_peak(device, precision)
+    if device.type == "cpu":
+        peak, basis = nominal_peak(args.flops_per_cycle), (f"{os.cpu_count()} cores x base clock x "
+                                                           f"{args.flops_per_cycle} FP32 FLOP/cycle")
+    for name, result in results.items():
+        if flops:
+            result["achieved_tflops"] = result["median"] * flops / 1e12
+            result["fraction_of_peak"] = result["median"] * flops / peak if peak else None
+        for baseline in ("reference", "lightly"):
+            if baseline in results and baseline != name:
+                result[f"vs_{baseline}"] = result["median"] / results[baseline]["median"]
+    payload["training"] = {"unit": "pairs/s", "preset": args.preset, "data": overrides["data"], "batch": args.batch,
+                           "image_size": config.augment.image_size, "steps_per_run": args.steps,
+                           "workers": args.workers, "device": str(device), "flops_per_pair": flops,
+                           "peak_flops": peak, "peak_basis": basis, "modes": results}
+    write_json(payload, args.out)
 
 
 if __name__ == "__main__":

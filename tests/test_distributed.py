@@ -34,7 +34,7 @@ def _worker(rank: int, init_file: str, views_file: str, result_file: str) -> Non
         mine = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         model = distributed.convert_batch_norm(_model(), torch.device("cpu"))
         network = DistributedDataParallel(model)
-        loss, accuracy = contrastive_step(network, view1[mine], view2[mine], TEMPERATURE)
+        loss, accuracy = contrastive_step(network, torch.cat([view1[mine], view2[mine]]), TEMPERATURE)
         (loss * distributed.world_size()).backward()
         if rank == 0:
             grads = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -54,7 +54,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     parallel = torch.load(tmp_path / "result.pt")
 
     model = _model()
-    loss, accuracy = contrastive_step(model, *views, TEMPERATURE)
+    loss, accuracy = contrastive_step(model, torch.cat(views), TEMPERATURE)
     loss.backward()
 
     assert parallel["loss"].item() == pytest.approx(loss.item(), rel=1e-6)

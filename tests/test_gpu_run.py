@@ -60,6 +60,14 @@ def test_the_gpu_window_runs_on_the_cpu_and_brings_back_what_it_promises(tiny_re
     assert [path.name for path in (work / "test").iterdir()] == ["tinyimagenet-train-7.tar.xz"]
     assert not out.exists()
 
+    # the throughput stage: the reference and the fast step in one command (compiled modes only on the GPU)
+    measured = _run({**settings, "STAGE": "throughput", "MODES": "reference,fast", "THROUGHPUT_STEPS": "2",
+                     "OUT": str(tmp_path / "throughput")})
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    throughput = json.loads((tmp_path / "throughput" / "train_throughput.json").read_text())["training"]
+    assert throughput["preset"] == "photo" and throughput["batch"] == 8 and throughput["flops_per_pair"] > 0
+    assert set(throughput["modes"]) == {"reference", "fast"} and throughput["modes"]["fast"]["vs_reference"] > 0
+
     result = _run(settings)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     files = sorted(path.name for path in out.iterdir())

@@ -79,3 +79,25 @@ def test_warmup_then_cosine() -> None:
     assert schedule[10] == pytest.approx(1.0) and schedule[60] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(schedule[10:], schedule[11:], strict=False))
     assert schedule[-1] < 0.001
+
+
+@pytest.mark.parametrize("trust_clip", [False, True])
+def test_multi_tensor_lars_makes_the_per_tensor_update(trust_clip: bool) -> None:
+    from simclr.train.config import build_config
+    from simclr.train.model import SimCLRModel
+
+    config = build_config("cifar", {"model.arch": "resnet18", "model.width": 0.25, "optim.trust_clip": trust_clip})
+    models = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = SimCLRModel(config.model)
+        models.append((model, build_optimizer(model, config.optim, 512, foreach=foreach)))
+    inputs = torch.rand(3, 8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for step in range(3):
+        for model, optimizer in models:
+            optimizer.zero_grad()
+            model(inputs[step]).square().mean().backward()
+            optimizer.step()
+    (fast, _), (reference, _) = models
+    for (name, one), other in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-6, atol=1e-6, msg=name)

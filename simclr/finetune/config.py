@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simclr.train.config import LR_SCALINGS, PRECISIONS, ModelConfig, OptimConfig, dataclass_from_dict, setting
+from simclr.train.config import (
+    LR_SCALINGS,
+    PRECISION_HELP,
+    PRECISIONS,
+    SAVE_EVERY_HELP,
+    ModelConfig,
+    OptimConfig,
+    dataclass_from_dict,
+    setting,
+)
 
 FINETUNE_OPTIMIZERS = ("lars", "sgd")
 
@@ -58,11 +67,9 @@ class FinetuneConfig:
                                    resumable=True)
     seed: int = setting(0, "Seed for the labelled subset, the classifier, shuffling and augmentation.")
     workers: int = setting(2, "Decoding processes for folder data.", resumable=True)
-    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a gradient scaler.",
-                                  PRECISIONS)
+    precision: str = setting("auto", PRECISION_HELP, PRECISIONS)
     sync_batch_norm: bool = setting(True, "Global batch norm across processes under torchrun.")
-    save_every_minutes: float = setting(0.0, "Also save last.pt on this timer (0: only at epoch ends and on "
-                                                  "SIGINT/SIGTERM).", resumable=True)
+    save_every_minutes: float = setting(0.0, SAVE_EVERY_HELP, resumable=True)
     log_every: int = setting(5, "Steps between metrics.jsonl lines.", resumable=True)
     max_steps: int | None = setting(None, "Stop after this many optimiser steps, saving a resumable checkpoint. "
                                                "[default: no limit]", resumable=True)

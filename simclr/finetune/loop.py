@@ -93,8 +93,9 @@ class FineTuner(EpochLoop):
             rows = order[start:start + self.local_batch]
             yield self.train.images[rows], self.train.labels[rows]
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
-        """One optimiser step on uint8 images [n, 3, H, W] and their labels; returns (loss, accuracy)."""
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on uint8 images [n, 3, H, W] and their labels; returns (loss, accuracy) as 0-d
+        tensors on the device (read, and the loss checked, every --log-every steps)."""
         images, labels = (part.to(self.device, non_blocking=True) for part in batch)
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule[self.step]
@@ -103,12 +104,10 @@ class FineTuner(EpochLoop):
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        loss_value = loss.item()
-        self.check_finite(loss_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        return loss_value, (logits.argmax(dim=1) == labels).float().mean().item()
+        return loss.detach(), (logits.argmax(dim=1) == labels).float().mean()
 
     def end_of_epoch(self, record: dict) -> None:
         every = self.config.eval_every

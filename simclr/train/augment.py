@@ -1,17 +1,23 @@
 """SimCLR's augmentation on whole batches: uint8 [N, 3, H, W] in, float [N, 3, S, S] in [0, 1] out.
 
-Each transform is a small callable that draws its random parameters per image from one torch.Generator (on the
-CPU, so a run is reproducible and resumable on any device) and applies them to the whole batch at once.
+Each transform draws its random parameters per image on the CPU, from one torch.Generator (so a run is reproducible
+and resumable on any device), then applies them to the whole batch at once. Drawing and applying are separate steps:
+`TwoViews` draws both views' parameters (in the order two separate calls would), sends them to the device in one
+copy, and transforms the 2N images in one pass.
+
+Parameters are a dict per transform. Floating-point tensors are per-image values the device needs; integer tensors
+are decisions the host makes (which operation runs, whether a step runs at all) and stay on the CPU, so applying a
+transform never waits for the device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
-from torchvision.transforms.v2 import Compose
 
 from simclr.train.config import AugmentConfig
 
@@ -19,13 +25,16 @@ from simclr.train.config import AugmentConfig
 _LUMA = (0.299, 0.587, 0.114)
 PAPER_VIEW_SIZE = 224  # the view size the paper's blur sigma (0.1-2 px) was set for
 
+Params = dict[str, torch.Tensor]
+
 
 def _uniform(count: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(count, generator=generator) * (high - low) + low
 
 
 def _chance(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(count, generator=generator) < p
+    """[count] floats, 1.0 with probability p, else 0.0."""
+    return (torch.rand(count, generator=generator) < p).float()
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -39,7 +48,27 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
 
-class RandomResizedCrop:
+class BatchTransform:
+    """A random transform of an image batch: `draw` its parameters on the CPU, `apply` them on the batch's device.
+    Calling it does both, for one batch."""
+
+    def draw(self, count: int, height: int, width: int) -> Params:
+        """Parameters for `count` images of height x width."""
+        raise NotImplementedError
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """The transformed batch; `params` as `draw` made them, floating-point ones on the batch's device."""
+        raise NotImplementedError
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count, _, height, width = images.shape
+        return self.apply(images, to_device(self.draw(count, height, width), images.device))
+
+
+class RandomResizedCrop(BatchTransform):
     """Crop a random area fraction in `scale` with aspect ratio in `ratio`, resized to `size` (bilinear,
     antialiased by roi_align's adaptive sampling). Takes uint8 or float, returns float in [0, 1]."""
 
@@ -50,6 +79,9 @@ class RandomResizedCrop:
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"crop scale {scale}: need 0 < low <= high <= 1")
         self.size, self.scale, self.ratio, self.generator = size, scale, ratio, generator
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.size, self.size
 
     def boxes(self, count: int, height: int, width: int) -> torch.Tensor:
         """[count, 4] crop boxes (x0, y0, x1, y1) in pixels, drawn as torchvision's RandomResizedCrop draws them."""
@@ -79,29 +111,36 @@ class RandomResizedCrop:
         y0 = torch.floor(torch.rand(count, generator=self.generator) * (height - crop_h + 1))
         return torch.stack([x0, y0, x0 + crop_w, y0 + crop_h], dim=1)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        count, _, height, width = images.shape
-        boxes = self.boxes(count, height, width).to(images.device)
-        rois = torch.cat([torch.arange(count, device=images.device, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1)
+    def draw(self, count: int, height: int, width: int) -> Params:
+        # roi_align's rows: (index of the source image, box). Draws for two views of one batch, concatenated, crop
+        # each source image twice: one pass makes both views without copying the batch.
+        return {"rois": torch.cat([torch.arange(count, dtype=torch.float32).unsqueeze(1),
+                                   self.boxes(count, height, width)], dim=1)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        crops = roi_align(pixels, rois, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        crops = roi_align(pixels, params["rois"], output_size=self.size, spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=True)
         return crops.clamp_(0.0, 1.0)
 
 
-class RandomHorizontalFlip:
+class RandomHorizontalFlip(BatchTransform):
     """Mirror each image with probability p."""
 
     def __init__(self, p: float, generator: torch.Generator) -> None:
         self.p, self.generator = p, generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        flip = _per_image(_chance(len(images), self.p, self.generator), images).bool()
-        return torch.where(flip, images.flip(-1), images)
+    def draw(self, count: int, height: int, width: int) -> Params:
+        return {"flip": _chance(count, self.p, self.generator)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return torch.where(_per_image(params["flip"], images) > 0.5, images.flip(-1), images)
 
 
-class ColorJitter:
+class ColorJitter(BatchTransform):
     """Brightness, contrast, saturation (factors in [1-x, 1+x]) and hue (shift in [-h, h] turns), applied with
-    probability p per image. The order of the four is drawn once per batch (torchvision draws it per image)."""
+    probability p per image. The order of the four is drawn once per draw (torchvision draws it per image); a batch
+    made of several draws (two views) runs each step on the runs of images that share it."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float,
                  generator: torch.Generator) -> None:
@@ -110,22 +149,37 @@ class ColorJitter:
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.p, self.generator = p, generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        count, g = len(images), self.generator
-        apply = _chance(count, self.p, g)
-        b = torch.where(apply, _uniform(count, 1 - self.brightness, 1 + self.brightness, g), 1.0)
-        c = torch.where(apply, _uniform(count, 1 - self.contrast, 1 + self.contrast, g), 1.0)
-        s = torch.where(apply, _uniform(count, 1 - self.saturation, 1 + self.saturation, g), 1.0)
-        h = torch.where(apply, _uniform(count, -self.hue, self.hue, g), 0.0)
-        steps = {
-            0: lambda x: adjust_brightness(x, b),
-            1: lambda x: adjust_contrast(x, c),
-            2: lambda x: adjust_saturation(x, s),
-            3: lambda x: adjust_hue(x, h),
+    def draw(self, count: int, height: int, width: int) -> Params:
+        g = self.generator
+        apply = _chance(count, self.p, g) > 0.5
+        return {
+            "brightness": torch.where(apply, _uniform(count, 1 - self.brightness, 1 + self.brightness, g), 1.0),
+            "contrast": torch.where(apply, _uniform(count, 1 - self.contrast, 1 + self.contrast, g), 1.0),
+            "saturation": torch.where(apply, _uniform(count, 1 - self.saturation, 1 + self.saturation, g), 1.0),
+            "hue": torch.where(apply, _uniform(count, -self.hue, self.hue, g), 0.0),
+            "order": torch.randperm(4, generator=g).expand(count, 4),  # host-side: which step comes when
         }
-        for step in torch.randperm(4, generator=g).tolist():
-            images = steps[step](images)
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        steps = (lambda x, rows: adjust_brightness(x, params["brightness"][rows]),
+                 lambda x, rows: adjust_contrast(x, params["contrast"][rows]),
+                 lambda x, rows: adjust_saturation(x, params["saturation"][rows]),
+                 lambda x, rows: adjust_hue(x, params["hue"][rows]))
+        for position in range(4):
+            runs = _runs(params["order"][:, position].tolist())
+            parts = [steps[step](images[rows], rows) for step, rows in runs]
+            images = parts[0] if len(parts) == 1 else torch.cat(parts)
         return images
+
+
+def _runs(values: list[int]) -> list[tuple[int, slice]]:
+    """Consecutive equal values as (value, slice of their positions)."""
+    runs, start = [], 0
+    for index in range(1, len(values) + 1):
+        if index == len(values) or values[index] != values[start]:
+            runs.append((values[start], slice(start, index)))
+            start = index
+    return runs
 
 
 def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -168,37 +222,45 @@ def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> t
     return (ratio * images + (1 - ratio) * other).clamp_(0.0, 1.0)
 
 
-class RandomGrayscale:
+class RandomGrayscale(BatchTransform):
     """Replace an image by its luma (on all three channels) with probability p."""
 
     def __init__(self, p: float, generator: torch.Generator) -> None:
         self.p, self.generator = p, generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        gray = _per_image(_chance(len(images), self.p, self.generator), images).bool()
+    def draw(self, count: int, height: int, width: int) -> Params:
+        return {"gray": _chance(count, self.p, self.generator)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        gray = _per_image(params["gray"], images) > 0.5
         return torch.where(gray, grayscale(images).expand_as(images), images)
 
 
-class RandomGaussianBlur:
+class RandomGaussianBlur(BatchTransform):
     """Blur with probability p, sigma uniform in `sigma` per image, kernel side 10% of the image side (odd)."""
 
     def __init__(self, p: float, sigma: tuple[float, float], generator: torch.Generator) -> None:
         self.p, self.sigma, self.generator = p, sigma, generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        count, channels, height, width = images.shape
+    def draw(self, count: int, height: int, width: int) -> Params:
         radius = max(1, int(0.1 * height) // 2)
-        apply = _chance(count, self.p, self.generator)
+        apply = _chance(count, self.p, self.generator) > 0.5
         sigma = _uniform(count, *self.sigma, self.generator)
-        if not apply.any():
-            return images
         taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
         kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
         kernel = kernel / kernel.sum(dim=1, keepdim=True)
         identity = (taps == 0).float().expand_as(kernel)
-        kernel = torch.where(apply.view(-1, 1), kernel, identity)  # [N, K]
+        return {"kernel": torch.where(apply.view(-1, 1), kernel, identity),  # [N, K]
+                "any": apply.any().long().view(1)}  # host-side: skip the convolutions when no image is blurred
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        if not params["any"].any():
+            return images
+        count, channels, height, width = images.shape
+        kernel = params["kernel"]
+        radius = kernel.shape[1] // 2
         # One grouped convolution per axis, with one kernel per image (shared by its channels).
-        weight = kernel.repeat_interleave(channels, dim=0).to(images.device, images.dtype)  # [N*C, K]
+        weight = kernel.to(images.dtype).repeat_interleave(channels, dim=0)  # [N*C, K]
         flat = images.reshape(1, count * channels, height, width)
         flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
         flat = F.conv2d(flat, weight.view(-1, 1, 1, 2 * radius + 1), groups=count * channels)
@@ -207,17 +269,70 @@ class RandomGaussianBlur:
         return flat.view(count, channels, height, width)
 
 
+class Pipeline(BatchTransform):
+    """Transforms in sequence; its parameters are theirs, in order."""
+
+    def __init__(self, steps: Sequence[BatchTransform]) -> None:
+        self.steps = list(steps)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        for step in self.steps:
+            height, width = step.output_size(height, width)
+        return height, width
+
+    def draw(self, count: int, height: int, width: int) -> Params:
+        params = {}
+        for index, step in enumerate(self.steps):
+            params.update({f"{index}.{key}": value for key, value in step.draw(count, height, width).items()})
+            height, width = step.output_size(height, width)
+        return params
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        for index, step in enumerate(self.steps):
+            prefix = f"{index}."
+            images = step.apply(images, {key.removeprefix(prefix): value for key, value in params.items()
+                                         if key.startswith(prefix)})
+        return images
+
+
+def to_device(params: Params, device: torch.device, packed: bool = False) -> Params:
+    """The floating-point parameters on `device` (integer ones stay on the CPU): one tensor at a time, or `packed`
+    into one (pinned, for CUDA) buffer sent in one non-blocking copy."""
+    moving = [key for key, value in params.items() if value.is_floating_point()]
+    if device.type == "cpu" or not moving:
+        return params
+    if not packed:
+        return {**params, **{key: params[key].to(device) for key in moving}}
+    flat = torch.cat([params[key].reshape(-1) for key in moving])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    pieces = flat.split([params[key].numel() for key in moving])
+    return {**params, **{key: piece.view(params[key].shape) for key, piece in zip(moving, pieces, strict=True)}}
+
+
 class TwoViews:
-    """Apply one random transform twice, independently: the positive pair of SimCLR."""
+    """Apply one random transform twice, independently: the positive pair of SimCLR, as a batch [2N, ...] whose
+    first half is view 1 and second half view 2.
 
-    def __init__(self, transform) -> None:
-        self.transform = transform
+    `one_pass` draws both views' parameters (in the order two calls would), copies them to the device at once and
+    transforms the 2N images in one pass; otherwise the transform runs once per view (the reference path). Both give
+    the same views from the same generator state.
+    """
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(images), self.transform(images)
+    def __init__(self, transform: BatchTransform, one_pass: bool = True) -> None:
+        self.transform, self.one_pass = transform, one_pass
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.one_pass:
+            return torch.cat([self.transform(images), self.transform(images)])
+        count, _, height, width = images.shape
+        draws = [self.transform.draw(count, height, width) for _ in range(2)]
+        params = {key: torch.cat([draw[key] for draw in draws]) for key in draws[0]}
+        return self.transform.apply(images, to_device(params, images.device, packed=True))
 
 
-def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Compose:
+def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Pipeline:
     """The paper's augmentation: crop + flip, colour distortion of strength s, optional blur."""
     strength = config.color_strength
     steps = [
@@ -228,7 +343,7 @@ def simclr_augmentation(config: AugmentConfig, generator: torch.Generator) -> Co
     ]
     if config.blur_p > 0:
         steps.append(RandomGaussianBlur(config.blur_p, blur_sigma(config), generator))
-    return Compose(steps)
+    return Pipeline(steps)
 
 
 def blur_sigma(config: AugmentConfig) -> tuple[float, float]:
@@ -238,7 +353,7 @@ def blur_sigma(config: AugmentConfig) -> tuple[float, float]:
     return low * scale, high * scale
 
 
-def crop_and_flip(size: int, crop_scale: tuple[float, float], generator: torch.Generator) -> Compose:
+def crop_and_flip(size: int, crop_scale: tuple[float, float], generator: torch.Generator) -> Pipeline:
     """Fine-tuning's augmentation (SimCLR v1 B.5): a random resized crop and a horizontal flip, nothing else."""
-    return Compose([RandomResizedCrop(size, crop_scale, (3 / 4, 4 / 3), generator),
-                    RandomHorizontalFlip(0.5, generator)])
+    return Pipeline([RandomResizedCrop(size, crop_scale, (3 / 4, 4 / 3), generator),
+                     RandomHorizontalFlip(0.5, generator)])

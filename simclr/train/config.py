@@ -22,6 +22,12 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 PRESETS = ("cifar", "imagenet", "photo")
 STEMS = ("cifar", "imagenet", "small")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TRAIN_STEPS = ("fast", "reference")
+PRECISION_HELP = ("auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on other CPUs; fp16 "
+                  "uses a gradient scaler.")
+SAVE_EVERY_HELP = ("Save last.pt on this timer, at the run's end and on SIGINT/SIGTERM (0: at every epoch's end "
+                   "instead).")
 LR_SCALINGS = ("linear", "sqrt")
 
 
@@ -154,12 +160,17 @@ class TrainConfig:
     workers: int = setting(2, "Decoding processes for folder data.", resumable=True)
     in_memory: bool | None = setting(None, "Decode folder data once into memory (uint8) instead of every epoch. "
                                            "[default: when it fits in half the free memory]")
-    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a gradient scaler.", PRECISIONS)
+    precision: str = setting("auto", PRECISION_HELP, PRECISIONS)
     channels_last: bool | None = setting(None, "channels_last memory format. [default: on for CUDA]")
-    compile: bool = setting(False, "torch.compile the model (slow start, faster steps).")
+    compile: bool | None = setting(None, "torch.compile f, g and the loss (a slower first step; Inductor's cache is "
+                                         "kept for the next run). [default: on for CUDA]", resumable=True)
+    compile_mode: str = setting("default", "torch.compile mode; reduce-overhead adds CUDA graphs.", COMPILE_MODES,
+                                resumable=True)
+    train_step: str = setting("fast", "fast: both views in one pass, no host sync per step, multi-tensor LARS; "
+                                      "reference: the earlier step (per view, a sync per step, LARS per tensor), "
+                                      "kept for A/B.", TRAIN_STEPS, resumable=True)
     sync_batch_norm: bool = setting(True, "Global batch norm across processes under torchrun.")
-    save_every_minutes: float = setting(0.0, "Also save last.pt on this timer (0: only at epoch ends and on "
-                                             "SIGINT/SIGTERM).", resumable=True)
+    save_every_minutes: float = setting(10.0, SAVE_EVERY_HELP, resumable=True)
     log_every: int = setting(10, "Steps between metrics.jsonl lines.", resumable=True)
     knn_every: int = setting(0, "Measure kNN top-1 every N epochs (0: never).", resumable=True)
     knn_data: str | None = setting(None, "Labelled set for the kNN monitor: cifar10, cifar100, stl10 or a folder "
@@ -319,6 +330,11 @@ def validate(config: TrainConfig) -> None:
         (config.optim.lr_scaling in LR_SCALINGS,
          f"--lr-scaling {config.optim.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}"),
         (config.precision in PRECISIONS, f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+        (config.compile_mode in COMPILE_MODES,
+         f"--compile-mode {config.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}"),
+        (config.train_step in TRAIN_STEPS,
+         f"--train-step {config.train_step!r}: choose one of {', '.join(TRAIN_STEPS)}"),
+        (config.save_every_minutes >= 0, f"--save-every-minutes {config.save_every_minutes}: must be 0 or more"),
         (config.batch_size >= 2, f"--batch-size {config.batch_size}: needs at least 2 images for negatives"),
         (config.epochs >= 1, f"--epochs {config.epochs}: must be at least 1"),
         (config.max_steps is None or config.max_steps >= 1, f"--max-steps {config.max_steps}: must be at least 1"),

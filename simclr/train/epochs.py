@@ -1,6 +1,9 @@
 """The run machinery every training command shares: epochs of optimiser steps with a progress bar, metrics.jsonl
-lines, atomic checkpoints (at each epoch's end, on a timer, on SIGINT/SIGTERM, at --max-steps), an exact resume and
-the curves PNG. A subclass says what one step does, what a checkpoint holds and what an epoch's end adds."""
+lines, atomic checkpoints (on a timer or at each epoch's end, at the run's end, on SIGINT/SIGTERM), an exact resume
+and the curves PNG. A subclass says what one step does, what a checkpoint holds and what an epoch's end adds.
+
+A step's values stay on the device until they are read, every --log-every steps and before every save, in one copy:
+the host never waits for the device in between."""
 
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ class EpochLoop(ABC):
     """Runs `config.epochs` epochs (or to `max_steps`) of `train_step` over `batches`.
 
     The subclass sets `steps_per_epoch`, `max_steps`, `schedule` (the learning rate of every step) and `step_names`
-    (what `train_step` returns, in order: the first is the loss; each is logged per step and averaged per epoch),
+    (what `train_step` returns, in order, as 0-d tensors: the first is the loss; each is logged and averaged per
+    epoch),
     and implements `batches`, `train_step`, `save` and optionally `end_of_epoch`. `config` needs `epochs`,
     `batch_size`, `log_every`, `save_every_minutes` and `to_json()`.
     """
@@ -53,19 +57,21 @@ class EpochLoop(ABC):
         self.world = distributed.world_size()
         self.checkpoint_path = out / CHECKPOINT_NAME
         self.step, self.epoch = 0, 0
-        self.epoch_steps: list[tuple[float, ...]] = []  # this epoch's step values, resumes included
+        self.epoch_steps: list[tuple[float, ...]] = []  # this epoch's step values read so far, resumes included
+        self.unread: list[tuple[torch.Tensor, ...]] = []  # step values still on the device
         self.steps_per_epoch = self.max_steps = 0
         self.schedule: list[float] = []
         self.resumed = False
         self.metrics: MetricsLog | None = None  # opened by run_epochs(); building a loop writes nothing
+        self.save_timer = SaveTimer(config.save_every_minutes)
 
     @abstractmethod
     def batches(self, epoch: int, skip: int) -> Iterator:
         """This rank's batches of `epoch`, after the first `skip` (done before a resume)."""
 
     @abstractmethod
-    def train_step(self, batch) -> tuple[float, ...]:
-        """One optimiser step; returns the values named by `step_names`."""
+    def train_step(self, batch) -> tuple[torch.Tensor, ...]:
+        """One optimiser step; returns the values named by `step_names` (0-d tensors, left on the device)."""
 
     @abstractmethod
     def save(self, epoch: int) -> None:
@@ -106,6 +112,7 @@ class EpochLoop(ABC):
             self.metrics = MetricsLog(self.out / METRICS_NAME, self.step if self.resumed else None)
         started, first_step = time.monotonic(), self.step
         values = tuple(math.nan for _ in self.step_names)
+        self.save_timer.restart()
         try:
             with StopSignals() as signals:
                 while self.epoch < self.config.epochs and self.step < self.max_steps:
@@ -116,39 +123,64 @@ class EpochLoop(ABC):
         images = (self.step - first_step) * self.config.batch_size
         return values, images / max(time.monotonic() - started, 1e-9)
 
-    def check_finite(self, loss: float) -> None:
+    def check_finite(self, loss: float, step: int | None = None) -> None:
+        step = self.step + 1 if step is None else step
         if not math.isfinite(loss):
-            raise TrainingError(f"loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}); stopped. "
+            raise TrainingError(f"loss became {loss} at step {step} (epoch {self.epoch + 1}); stopped. "
                                 f"{self.checkpoint_path} keeps the last good state; lower --base-lr or use "
                                 "--precision fp32")
 
+    def read_values(self) -> tuple[float, ...] | None:
+        """Bring the unread steps' values to the host (one copy), check the loss, and return the last step's."""
+        if not self.unread:
+            return None
+        rows = torch.stack([torch.stack(values) for values in self.unread]).float().cpu().tolist()
+        first = self.step - len(rows) + 1
+        for offset, values in enumerate(rows):
+            self.check_finite(values[0], first + offset)
+        self.unread = []
+        self.epoch_steps.extend(tuple(values) for values in rows)
+        return tuple(rows[-1])
+
+    def _save(self, epoch: int) -> None:
+        self.read_values()  # a checkpoint never holds a step whose loss was not checked
+        self.save(epoch)
+        self.save_timer.restart()
+
     def _run_epoch(self, signals: StopSignals) -> tuple[float, ...]:
-        """Train until the epoch ends (or --max-steps, or a signal); save; log. Returns the last step's values."""
+        """Train until the epoch ends (or --max-steps, or a signal); log; save when due. Returns the last step's
+        values."""
         epoch = self.epoch
+        epoch_end = (epoch + 1) * self.steps_per_epoch
         skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
-        window, save_timer = ThroughputWindow(), SaveTimer(self.config.save_every_minutes)
+        window = ThroughputWindow()
         stopped, values = False, tuple(math.nan for _ in self.step_names)  # a resume can land past the last batch
         with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                           disable=not self.is_main) as bar:
             for batch in self.batches(epoch, skip):
-                values = self.train_step(batch)
-                self.epoch_steps.append(values)
+                self.unread.append(self.train_step(batch))
                 window.count(1)
                 bar.update(1)
-                if self.step % self.config.log_every == 0 or self.step == self.max_steps:
+                logging_step = self.step % self.config.log_every == 0 or self.step == self.max_steps
+                if logging_step:
+                    values = self.read_values()
                     self._log_step(values, window.images_per_second(self.config.batch_size), bar)
-                # Ranks agree on stopping and on timed saves, since saving gathers from every rank.
-                stopped, save_due = distributed.any_rank([signals.received is not None, save_timer.due()],
-                                                         self.device)
+                # Ranks agree on stopping and on timed saves, since saving gathers from every rank; across
+                # processes that costs a collective, so they agree at logging steps only.
+                if logging_step or not distributed.is_distributed():
+                    stopped, save_due = distributed.any_rank([signals.received is not None, self.save_timer.due()],
+                                                             self.device)
+                    if not (stopped or self.step >= self.max_steps) and save_due and self.step < epoch_end:
+                        self._save(epoch)  # the epoch's end saves anyway
                 if stopped or self.step >= self.max_steps:
                     break
-                if save_due and self.step < (epoch + 1) * self.steps_per_epoch:  # the epoch's end saves anyway
-                    self.save(epoch)
-                    save_timer.restart()
-        if self.step < (epoch + 1) * self.steps_per_epoch:  # stopped mid-epoch by a signal or --max-steps
-            self.save(epoch)
-        else:
+        values = self.read_values() or values
+        if self.step >= epoch_end:
             self._end_epoch()
+        run_ends = stopped or self.step >= self.max_steps or self.epoch >= self.config.epochs
+        every_epoch = not self.config.save_every_minutes
+        if run_ends or every_epoch or distributed.any_rank([self.save_timer.due()], self.device)[0]:
+            self._save(self.epoch)
         if stopped:
             raise TrainingInterrupted(f"stopped by signal after step {self.step}; saved {self.checkpoint_path}; "
                                       "continue with --resume")
@@ -163,12 +195,11 @@ class EpochLoop(ABC):
                       "images_per_second": images_per_second})
 
     def _end_epoch(self) -> None:
-        """Count the finished epoch, save it, and log its means (and what `end_of_epoch` adds)."""
+        """Count the finished epoch and log its means (and what `end_of_epoch` adds)."""
         columns = list(zip(*self.epoch_steps, strict=True)) if self.epoch_steps else [[math.nan]] * len(
             self.step_names)
         self.epoch_steps = []
         self.epoch += 1
-        self.save(self.epoch)
         record = {"event": "epoch", "step": self.step, "epoch": self.epoch,
                   **{name: sum(column) / len(column) for name, column in zip(self.step_names, columns, strict=True)}}
         self.end_of_epoch(record)

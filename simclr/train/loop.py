@@ -24,12 +24,19 @@ from simclr.train.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoin
 from simclr.train.config import TrainConfig, resumed
 from simclr.train.epochs import EpochLoop, TrainingError
 from simclr.train.fingerprint import check_same_images, data_fingerprint, sample_images
-from simclr.train.loss import contrastive_step
+from simclr.train.loss import ContrastiveObjective
 from simclr.train.model import SimCLRModel
 from simclr.train.monitor import KnnMonitor
 from simclr.train.optim import build_optimizer, peak_learning_rate, warmup_cosine
 from simclr.train.plan import StepTimer, budget_plan, extended_plan, schedule_length
-from simclr.train.runtime import mixed_precision, resolve_device
+from simclr.train.runtime import (
+    compile_cache_path,
+    load_compile_cache,
+    mixed_precision,
+    resolve_device,
+    save_compile_cache,
+    tune_backends,
+)
 
 log = logging.getLogger("simclr")
 
@@ -139,13 +146,17 @@ class Trainer(EpochLoop):
             self.init_source = self._start_from(Path(config.init))
         if self.world > 1 and config.sync_batch_norm:
             self.model = distributed.convert_batch_norm(self.model, device)
+        # On the CPU, channels_last is off by default: with torch 2.14 its oneDNN backward makes a resume inexact
+        # (another reduction order) and can spin forever on narrow layers.
         channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(device, memory_format=self.memory_format)
-        self.optimizer = build_optimizer(self.model, config.optim, config.batch_size)
+        self.fast = config.train_step == "fast"
+        self.optimizer = build_optimizer(self.model, config.optim, config.batch_size, foreach=self.fast)
         self.autocast, self.scaler = mixed_precision(device, config.precision)
         self.augment_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + distributed.rank())
-        self.two_views = TwoViews(simclr_augmentation(config.augment, self.augment_generator))
+        self.two_views = TwoViews(simclr_augmentation(config.augment, self.augment_generator), one_pass=self.fast)
+        tune_backends(device)
 
         self.resumed = resume
         if resume:
@@ -159,8 +170,13 @@ class Trainer(EpochLoop):
         if self.world > 1:
             self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
                                                    else None)
-        if config.compile:
-            self.network = torch.compile(self.network)
+        self.step_compiled: int | None = None
+        self.objective: nn.Module = ContrastiveObjective(self.network, config.temperature)
+        self.compiling = device.type == "cuda" if config.compile is None else config.compile
+        if self.compiling:
+            self.compile_cache = compile_cache_path(device)
+            load_compile_cache(self.compile_cache)
+            self.objective = torch.compile(self.objective, dynamic=False, mode=config.compile_mode)
 
     def _start_from(self, source: Path) -> dict:
         """Load f (and g, when the source has one of the same shape) from a run, a checkpoint or an exported
@@ -225,30 +241,41 @@ class Trainer(EpochLoop):
                                                    "data_fingerprint": self.data_fingerprint,
                                                    "init": self.init_source, **loop_state})
 
-    def train_step(self, images: torch.Tensor) -> tuple[float, float]:
-        """One optimiser step on a uint8 batch [n, 3, H, W]; returns (loss, contrastive accuracy)."""
+    def train_step(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a uint8 batch [n, 3, H, W]; returns (loss, contrastive accuracy) as 0-d tensors on
+        the device (the fast step never waits for the device; the reference step reads the loss at once)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule[self.step]
+        started = time.monotonic() if self.compiling and self.step_compiled is None else None
+        if self.compiling and self.config.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free to reuse
         # The regions name the step's phases in a torch.profiler trace (bench/profile_step.py); free otherwise.
         with record_function("augment"):
-            view1, view2 = self.two_views(images.to(self.device, non_blocking=True))
+            views = self.two_views(images.to(self.device, non_blocking=True))
         with record_function("forward"), self.autocast:
-            loss, accuracy = contrastive_step(self.network, view1.contiguous(memory_format=self.memory_format),
-                                              view2.contiguous(memory_format=self.memory_format),
-                                              self.config.temperature)
+            loss, accuracy = self.objective(views.contiguous(memory_format=self.memory_format))
         with record_function("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             # Each rank holds its share of the full gradient and DDP averages: scale by the world size to undo that.
             self.scaler.scale(loss * self.world).backward()
-            loss_value = loss.item()
-        self.check_finite(loss_value)
+        if not self.fast:
+            self.check_finite(loss.item())
         with record_function("optimizer"):
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.step += 1
+        if started is not None:
+            self._compiled(time.monotonic() - started)
         if self.step_timer is not None:
             self._follow_budget()
-        return loss_value, accuracy.item()
+        return loss.detach().clone(), accuracy.clone()  # copies: CUDA graphs reuse their outputs' memory
+
+    def _compiled(self, seconds: float) -> None:
+        """After the first compiled step: say what compiling cost, and keep Inductor's kernels for the next run."""
+        self.step_compiled = self.step
+        log.info("torch.compile: the first step took %.1f s (compiling f, g and the loss)", seconds)
+        if self.is_main:
+            save_compile_cache(self.compile_cache)
 
     def run(self) -> TrainResult:
         """Train to the planned end (--epochs, --time-budget) or --max-steps, writing config.json, metrics,

@@ -42,15 +42,26 @@ def contrastive_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == positives).float().mean()
 
 
-def contrastive_step(model: nn.Module, view1: torch.Tensor, view2: torch.Tensor,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_step(model: nn.Module, views: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, contrastive accuracy) of one batch of pairs, over the global batch of all ranks.
 
-    view1, view2: [n, 3, S, S] this rank's two views. Both views go through f and g in one forward pass (so batch
-    norm sees all 2n images); the projections of all ranks are gathered, gradients flowing into this rank's own.
+    views: [2n, 3, S, S] this rank's two views, view 1 of its n images then view 2. Both views go through f and g in
+    one forward pass (so batch norm sees all 2n images); the projections of all ranks are gathered, gradients flowing
+    into this rank's own.
     """
-    count = len(view1)
-    z = model(torch.cat([view1, view2]))  # [2n, out]
+    count = len(views) // 2
+    z = model(views)  # [2n, out]
     z1 = distributed.gather_with_own_gradient(z[:count])  # [N, out], N = global batch
     z2 = distributed.gather_with_own_gradient(z[count:])
     return nt_xent(z1, z2, temperature), contrastive_accuracy(z1, z2)
+
+
+class ContrastiveObjective(nn.Module):
+    """`contrastive_step` as a module, so that torch.compile takes f, g and the loss as one graph."""
+
+    def __init__(self, network: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.network, self.temperature = network, temperature
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return contrastive_step(self.network, views, self.temperature)

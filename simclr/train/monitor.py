@@ -14,6 +14,7 @@ from simclr.atomic import atomic_write_text
 from simclr.data.datasets import TORCHVISION_DATASETS, labelled_splits
 from simclr.evaluate.knn import knn_top1
 from simclr.train.config import TrainConfig
+from simclr.train.runtime import mixed_precision
 
 
 class MetricsLog:
@@ -63,15 +64,16 @@ class KnnMonitor:
         self.num_classes = len(train.classes) or int(train.labels.max()) + 1
         self.image_size = config.augment.image_size
         self.device = device
+        self.autocast, _ = mixed_precision(device, config.precision)  # features as training computes them
 
     def __call__(self, encoder: nn.Module) -> float:
         was_training = encoder.training
         encoder.eval()
         try:
-            return knn_top1(encode_images(encoder.features, self.train.images, self.image_size, self.device),
-                            self.train.labels,
-                            encode_images(encoder.features, self.test.images, self.image_size, self.device),
-                            self.test.labels, self.num_classes)
+            with self.autocast:
+                memory = encode_images(encoder.features, self.train.images, self.image_size, self.device)
+                queries = encode_images(encoder.features, self.test.images, self.image_size, self.device)
+            return knn_top1(memory, self.train.labels, queries, self.test.labels, self.num_classes)
         finally:
             encoder.train(was_training)
 

@@ -18,13 +18,14 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, trust_clip: bool = False) -> None:
+                 trust_coefficient: float = 0.001, trust_clip: bool = False, foreach: bool = True) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
             raise ValueError(f"LARS: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
                              f"or trust_coefficient={trust_coefficient}")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                     "trust_coefficient": trust_coefficient, "trust_clip": trust_clip, "exclude": False}
         super().__init__(params, defaults)
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -33,23 +34,46 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                update = param.grad
-                if not group["exclude"]:
-                    update = update.add(param, alpha=group["weight_decay"])
-                    ratio = trust_ratio(param, update, group["trust_coefficient"])
-                    if group["trust_clip"] and group["lr"] > 0:  # the layer's rate min(ratio, lr), as LARC's clip
-                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
-                    update = update.mul(ratio)
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(group["momentum"]).add_(update, alpha=group["lr"])
-                param.sub_(buffer)
+            params = [param for param in group["params"] if param.grad is not None]
+            if params:
+                (self._group_step if self.foreach else self._loop_step)(group, params)
         return loss
+
+    def _momentum_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        for param in params:
+            if "momentum_buffer" not in self.state[param]:
+                self.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        return [self.state[param]["momentum_buffer"] for param in params]
+
+    def _group_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The group's update with multi-tensor (foreach) kernels: a handful of launches, not a few per tensor."""
+        updates = [param.grad for param in params]
+        if not group["exclude"]:
+            updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+            weight_norms = torch.stack(torch._foreach_norm(params))
+            update_norms = torch.stack(torch._foreach_norm(updates))
+            ratios = torch.where((weight_norms > 0) & (update_norms > 0),
+                                 group["trust_coefficient"] * weight_norms / update_norms, 1.0)
+            if group["trust_clip"] and group["lr"] > 0:
+                ratios = torch.clamp(ratios / group["lr"], max=1.0)
+            torch._foreach_mul_(updates, list(ratios.unbind()))
+        buffers = self._momentum_buffers(params)
+        torch._foreach_mul_(buffers, group["momentum"])
+        torch._foreach_add_(buffers, updates, alpha=group["lr"])
+        torch._foreach_sub_(params, buffers)
+
+    def _loop_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The same update one tensor at a time (the reference path)."""
+        for param, buffer in zip(params, self._momentum_buffers(params), strict=True):
+            update = param.grad
+            if not group["exclude"]:
+                update = update.add(param, alpha=group["weight_decay"])
+                ratio = trust_ratio(param, update, group["trust_coefficient"])
+                if group["trust_clip"] and group["lr"] > 0:  # the layer's rate min(ratio, lr), as LARC's clip
+                    ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                update = update.mul(ratio)
+            buffer.mul_(group["momentum"]).add_(update, alpha=group["lr"])
+            param.sub_(buffer)
 
 
 def trust_ratio(param: torch.Tensor, update: torch.Tensor, trust_coefficient: float) -> torch.Tensor:
@@ -78,19 +102,21 @@ def peak_learning_rate(config: OptimConfig, batch_size: int) -> float:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, batch_size: int,
-                    unadapted: nn.Module | None = None) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum) or AdamW over `parameter_groups(model, unadapted)`, at the peak learning rate."""
+                    unadapted: nn.Module | None = None, foreach: bool = True) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum) or AdamW over `parameter_groups(model, unadapted)`, at the peak learning rate;
+    `foreach`: multi-tensor kernels (False: one tensor at a time, the reference path)."""
     groups = parameter_groups(model, unadapted)
     lr = peak_learning_rate(config, batch_size)
     if config.optimizer == "lars":
-        return LARS(groups, lr, config.momentum, config.weight_decay, config.trust_coefficient, config.trust_clip)
+        return LARS(groups, lr, config.momentum, config.weight_decay, config.trust_coefficient, config.trust_clip,
+                    foreach)
     for group in groups:
         group.pop("exclude")
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                               nesterov=config.nesterov)
+                               nesterov=config.nesterov, foreach=foreach)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr, weight_decay=config.weight_decay, foreach=foreach)
     raise ValueError(f"--optimizer {config.optimizer!r}: choose one of lars, sgd, adamw")
 
 

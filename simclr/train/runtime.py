@@ -1,12 +1,22 @@
-"""Where and how a run executes: the device it trains on, the signals that stop it cleanly, the save timer."""
+"""Where and how a run executes: the device it trains on, its precision and backend settings, Inductor's cache,
+the signals that stop it cleanly, the save timer."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import torch
+
+from simclr.atomic import atomic_write_bytes
+
+log = logging.getLogger("simclr")
+COMPILE_CACHE_ENVIRONMENT = "SIMCLR_COMPILE_CACHE"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,11 +29,52 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so that bf16 autocast is faster than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """What --precision means on `device`: auto is bf16 on CUDA, fp32 elsewhere."""
+    """What --precision means on `device`: auto is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()) else "fp32"
     return precision
+
+
+def tune_backends(device: torch.device) -> None:
+    """Backend settings for fixed shapes: cuDNN picks the fastest kernels once (every step has the same shapes)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compile_cache_path(device: torch.device) -> Path:
+    """Inductor's compiled kernels for this torch and device: $SIMCLR_COMPILE_CACHE, else under ~/.cache/simclr."""
+    if os.environ.get(COMPILE_CACHE_ENVIRONMENT):
+        return Path(os.environ[COMPILE_CACHE_ENVIRONMENT])
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", f"inductor-torch{torch.__version__}-{hardware}")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simclr"
+    return root / f"{name}.bin"
+
+
+def load_compile_cache(path: Path) -> None:
+    """Give Inductor the kernels an earlier run saved at `path` (nothing when there are none or they do not load)."""
+    if not path.is_file():
+        return
+    try:
+        torch.compiler.load_cache_artifacts(path.read_bytes())
+        log.info("torch.compile: loaded Inductor's cache from %s", path)
+    except Exception as error:  # a cache from another build is only a slower start
+        log.warning("torch.compile: %s could not be loaded (%s); compiling afresh", path, error)
+
+
+def save_compile_cache(path: Path) -> None:
+    """Save what Inductor compiled in this process to `path`, for the next run on this machine."""
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is None:
+        return
+    atomic_write_bytes(path, lambda file: file.write(artifacts[0]))
+    log.info("torch.compile: saved Inductor's cache to %s (%.1f MB)", path, len(artifacts[0]) / 1e6)
 
 
 def mixed_precision(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager,
