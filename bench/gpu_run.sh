@@ -14,14 +14,16 @@
 # model.tar.part-* (the exported model directory) and last.pt[.part-*] (the run, slim: simclr train --resume).
 # Back here: cat model.tar.part-* | tar -x -C model_repository   (the model is named simclr_resnet18_photo_next)
 #
-# Settings (environment): CARRY (.gpu), WORK (/tmp/simclr-gpu), DEVICE (cuda), BUDGET (seconds of training: 300),
+# Settings (environment): CARRY (.gpu), WORK (/tmp/simclr-gpu), DEVICE (cuda), BUDGET (seconds of training: 240;
+# the profile and the run both compile first),
 # BATCH (1024), WORKERS (cores - 1), INIT (the default photo model), PROFILE_STEPS (30), EXPORT_SIZE (96),
 # MIN_SHARDS (7 training shards), PYTHON (python3), TRAIN_ARGS (more simclr train options, e.g. "--blur-scaled"),
-# MODES (the throughput stage's steps: reference,fast,compiled,cudagraphs).
+# MODES (the throughput stage's steps: reference,fast,compiled,cudagraphs), THROUGHPUT_STEPS (20), REPEATS (3),
+# WARMUP (untimed steps: 10 before the profile, 5 before each throughput mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-CARRY=${CARRY:-.gpu} WORK=${WORK:-/tmp/simclr-gpu} DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-300}
+CARRY=${CARRY:-.gpu} WORK=${WORK:-/tmp/simclr-gpu} DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-240}
 BATCH=${BATCH:-1024} WORKERS=${WORKERS:-$(($(nproc) - 1))} INIT=${INIT:-model_repository/simclr_resnet18_photo}
 PROFILE_STEPS=${PROFILE_STEPS:-30} EXPORT_SIZE=${EXPORT_SIZE:-96} MIN_SHARDS=${MIN_SHARDS:-7}
 SHARED=${SHARED:-../shared/data/tinyimagenet} NAME=simclr_resnet18_photo_next PYTHON=${PYTHON:-python3}
@@ -49,9 +51,10 @@ ls "$WORK/train" "$WORK/test"
 if [ "${STAGE:-run}" = throughput ]; then
     OUT=${OUT:-$WORK/out}
     mkdir -p "$OUT"
-    "$PYTHON" bench/train_throughput.py --device "$DEVICE" --preset photo --data "$WORK/train/tinyimagenet-train-0.tar.xz" \
-        --batch "$BATCH" --workers "$WORKERS" --augment-images 0 --modes "${MODES:-reference,fast,compiled,cudagraphs}" \
-        --steps "${THROUGHPUT_STEPS:-20}" --warmup 5 --out "$OUT/train_throughput.json"
+    "$PYTHON" bench/train_throughput.py --device "$DEVICE" --preset photo \
+        --data "$WORK/train/tinyimagenet-train-0.tar.xz" --batch "$BATCH" --workers "$WORKERS" --augment-images 0 \
+        --modes "${MODES:-reference,fast,compiled,cudagraphs}" --steps "${THROUGHPUT_STEPS:-20}" \
+        --warmup "${WARMUP:-5}" --repeats "${REPEATS:-3}" --out "$OUT/train_throughput.json"
     exit 0
 fi
 
@@ -79,7 +82,7 @@ EOF
 unpacking=$!
 
 "$PYTHON" bench/profile_step.py --data "$WORK/train/tinyimagenet-train-0.tar.xz" --init "$INIT" --batch-size "$BATCH" \
-    --workers "$WORKERS" --device "$DEVICE" --steps "$PROFILE_STEPS" --out "$OUT/profile.json" > /dev/null
+    --workers "$WORKERS" --device "$DEVICE" --steps "$PROFILE_STEPS" --warmup "${WARMUP:-10}" --out "$OUT/profile.json" > /dev/null
 
 rm -rf "$WORK/run"
 # The budget counts from the start of training; SIGTERM at a minute past it still leaves a saved, resumable run.

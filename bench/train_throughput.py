@@ -6,6 +6,7 @@
     reference   simclr's earlier step (per-view augmentation, a host sync per step, LARS one tensor at a time)
     fast        the default step (both views in one pass, no host sync, multi-tensor LARS), not compiled
     compiled    the fast step under torch.compile (the default on CUDA; its compile time is reported apart)
+    compiled-cl the compiled step in channels_last (the default on CUDA; opt-in on a CPU: --channels-last)
     cudagraphs  the compiled step with mode="reduce-overhead" (CUDA only)
     lightly     lightly's SimCLR recipe: its SimCLRTransform in a DataLoader with --workers, a torchvision ResNet-18
                 with the CIFAR stem, its SimCLRProjectionHead, NTXentLoss and LARS (CPU only; pip install lightly)
@@ -42,6 +43,7 @@ from simclr.train.runtime import native_cpu_bf16, resolve_device, resolve_precis
 TRAINER_MODES = {"reference": {"train_step": "reference", "compile": False},
                  "fast": {"train_step": "fast", "compile": False},
                  "compiled": {"train_step": "fast", "compile": True},
+                 "compiled-cl": {"train_step": "fast", "compile": True, "channels_last": True},
                  "cudagraphs": {"train_step": "fast", "compile": True, "compile_mode": "reduce-overhead"}}
 
 
@@ -175,7 +177,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cifar", choices=("cifar", "photo"), help="recipe (default cifar)")
     parser.add_argument("--data", default=None, help="training images for (b) (default: CIFAR-10 from ../shared)")
     parser.add_argument("--modes", default="reference,fast,lightly",
-                        help="comma-separated, of reference, fast, compiled, cudagraphs, lightly "
+                        help="comma-separated, of reference, fast, compiled, compiled-cl, cudagraphs, lightly "
                              "(default reference,fast,lightly)")
     parser.add_argument("--batch", type=int, default=64, help="pairs per step (default 64)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per timed run (default 8)")

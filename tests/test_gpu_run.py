@@ -51,7 +51,7 @@ def test_the_gpu_window_runs_on_the_cpu_and_brings_back_what_it_promises(tiny_re
             _shard(carry / folder / f"tinyimagenet-train-{shard}.tar.xz", shard)
     settings = {"CARRY": str(carry), "WORK": str(work), "OUT": str(out), "DEVICE": "cpu", "BUDGET": "6",
                 "BATCH": "8", "WORKERS": "0", "INIT": str(tiny_repo / "tiny"), "PROFILE_STEPS": "2",
-                "MIN_SHARDS": "2", "EXPORT_SIZE": "72", "PYTHON": sys.executable}
+                "MIN_SHARDS": "2", "EXPORT_SIZE": "72", "WARMUP": "1", "PYTHON": sys.executable}
 
     carried = _run({**settings, "STAGE": "carry"})  # a first call only moves what it carried out of the tree
     assert carried.returncode == 0, carried.stderr[-3000:]
@@ -61,8 +61,8 @@ def test_the_gpu_window_runs_on_the_cpu_and_brings_back_what_it_promises(tiny_re
     assert not out.exists()
 
     # the throughput stage: the reference and the fast step in one command (compiled modes only on the GPU)
-    measured = _run({**settings, "STAGE": "throughput", "MODES": "reference,fast", "THROUGHPUT_STEPS": "2",
-                     "OUT": str(tmp_path / "throughput")})
+    measured = _run({**settings, "STAGE": "throughput", "MODES": "reference,fast", "THROUGHPUT_STEPS": "1",
+                     "REPEATS": "1", "OUT": str(tmp_path / "throughput")})
     assert measured.returncode == 0, measured.stderr[-3000:]
     throughput = json.loads((tmp_path / "throughput" / "train_throughput.json").read_text())["training"]
     assert throughput["preset"] == "photo" and throughput["batch"] == 8 and throughput["flops_per_pair"] > 0

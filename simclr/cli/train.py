@@ -27,7 +27,8 @@ def train_command(
                                         "--data may be left out or name the same images in another place, "
                                         "--epochs may grow (the cosine is re-planned), and any other recipe option "
                                         "that differs from the run's is refused; --max-steps, --workers, "
-                                        "--save-every-minutes, --log-every, --knn-every and --device may change."
+                                        "--save-every-minutes, --log-every, --knn-every, --device, --compile, "
+                                        "--compile-mode and --train-step may change."
                                    )] = False,
     json_output: Annotated[bool, Option("--json", help="Print the run summary as JSON on stdout.")] = False,
     **recipe: typing.Any,
