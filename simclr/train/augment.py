@@ -13,6 +13,7 @@ transform never waits for the device.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -48,17 +49,17 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
 
-class BatchTransform:
+class BatchTransform(ABC):
     """A random transform of an image batch: `draw` its parameters on the CPU, `apply` them on the batch's device.
     Calling it does both, for one batch."""
 
+    @abstractmethod
     def draw(self, count: int, height: int, width: int) -> Params:
         """Parameters for `count` images of height x width."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """The transformed batch; `params` as `draw` made them, floating-point ones on the batch's device."""
-        raise NotImplementedError
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
