@@ -68,3 +68,32 @@ def grey16_png(path: Path, value: int = 1000) -> Path:
     """A 16-bit greyscale PNG of one dark value (1000 of 65535)."""
     Image.fromarray(np.full((16, 16), value, np.uint16)).save(path)
     return path
+
+
+def dds_of_an_unknown_pixel_format(path: Path) -> Path:
+    """384 bytes that Pillow opens as DDS (whatever the file's name) and then fails on with NotImplementedError."""
+    header = struct.pack("<4sIIIIIII44x", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0)
+    pixel_format = struct.pack("<II4sIIIII", 32, 0x4, b"XYZW", 0, 0, 0, 0, 0)  # a FourCC no decoder knows
+    path.write_bytes(header + pixel_format + struct.pack("<IIII4x", 0x1000, 0, 0, 0) + bytes(256))
+    return path
+
+
+def gif_html_polyglot(path: Path) -> Path:
+    """A real GIF whose bytes also hold an HTML page with a script (in its comment block)."""
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(
+        path, format="GIF", comment=b"<html><body><script>document.title='pwned'</script></body></html>")
+    return path
+
+
+def huge_png(path: Path, side: int = 13_000) -> Path:
+    """A PNG of side x side RGBA zeros: 169 M pixels for 13,000 (under PIL's bomb limit) in about 0.7 MB."""
+    packer = zlib.compressobj(9)
+    row = bytes(1 + 4 * side)  # filter byte 0, then the row's pixels
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

@@ -44,6 +44,7 @@ def test_the_shipped_copy_of_the_decode_code_is_what_export_writes_now(tmp_path:
     shutil.copytree(DEFAULT_MODEL, repo / name, ignore=shutil.ignore_patterns("*.onnx"))
     write_bytes_models(repo, name, BytesModelOptions(
         max_image_bytes=int(served.parameters["max_image_bytes"].string_value),
+        max_pixels=int(served.parameters["max_pixels"].string_value),
         instances=served.instance_group[0].count))
     for model in (f"{name}_preprocess", f"{name}_bytes"):
         assert _files(shipped / model) == _files(repo / model), f"run: simclr export model_repository/{name}"

@@ -25,6 +25,8 @@ from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.runner import embed_images
 from simclr.embed.triton_encoder import TritonEncoder
 
+from adversarial import dds_of_an_unknown_pixel_format, huge_png
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -88,9 +90,12 @@ def _send(url: str, files: list[bytes], model: str = "tiny_bytes") -> np.ndarray
 
 def test_a_bad_file_fails_its_own_request_and_the_rest_of_the_batch_is_answered(triton, tiny_repo: Path) -> None:
     good = [_jpeg((1000 + 20 * i, 800), (25 * i, 90, 200 - 25 * i)) for i in range(8)]
+    scratch = Path(tempfile.mkdtemp())
     bad = {"garbage": b"not an image at all",
            "truncated": good[0][: len(good[0]) // 3],
-           "oversize": b"\xff\xd8" + bytes(20_000_000)}  # over the default 20 MB: refused before decoding
+           "oversize": b"\xff\xd8" + bytes(20_000_000),  # over the default 20 MB: refused before decoding
+           "dds": dds_of_an_unknown_pixel_format(scratch / "x.png").read_bytes(),  # NotImplementedError in PIL
+           "pixels": huge_png(scratch / "big.png", 6_000).read_bytes()}  # 36 M pixels in 0.1 MB
     requests = [[file] for file in good] + [[good[1], bad[name]] for name in bad]
     for _ in range(3):  # all at once, so dynamic batches mix good and bad requests (a busy machine may not, once)
         before = _preprocess_statistics(triton)
@@ -109,6 +114,11 @@ def test_a_bad_file_fails_its_own_request_and_the_rest_of_the_batch_is_answered(
     assert "image_bytes[1]" in messages["garbage"] and "not an image file" in messages["garbage"]
     assert "image_bytes[1]: cannot decode" in messages["truncated"]
     assert "20,000,002 bytes, over this model's limit of 20,000,000" in messages["oversize"]
+    assert "image_bytes[1]: cannot decode" in messages["dds"] and "NotImplementedError" in messages["dds"]
+    assert "36.0 Mpx): over the limit of 25 Mpx" in messages["pixels"]
+    # the file's fault, not the server's: INVALID_ARG, never INTERNAL, and no traceback of the server's paths
+    assert {outcome.status() for outcome in outcomes[len(good):]} == {"StatusCode.INVALID_ARGUMENT"}
+    assert not any("Traceback" in message or "model.py" in message for message in messages.values())
     assert after["inference_count"] - before["inference_count"] == len(good) + 2 * len(bad)
     assert after["execution_count"] - before["execution_count"] < len(requests)
     assert triton.running() and np.array_equal(_send(triton.grpc_url, good[:1]), outcomes[0])
@@ -123,10 +133,12 @@ def test_the_client_reports_each_bad_file_and_embeds_the_rest(triton, tiny_repo:
         sparse.truncate(20_000_001)
     os.mkfifo(tmp_path / "fifo.jpg")
     paths = [photos[0], tmp_path / "garbage.jpg", photos[1], tmp_path / "empty.png", tmp_path / "huge.jpg",
-             tmp_path / "fifo.jpg", tmp_path / "missing.jpg", photos[2]]
+             tmp_path / "fifo.jpg", tmp_path / "missing.jpg", dds_of_an_unknown_pixel_format(tmp_path / "x.png"),
+             photos[2]]
     with TritonEncoder(triton.http_url, "tiny", send="bytes", files_per_request=4) as remote:
         embeddings, errors = remote.embed_files(paths)
-    assert [error is None for error in errors] == [True, False, True, False, False, False, False, True]
+    assert [error is None for error in errors] == [True, False, True, False, False, False, False, False, True]
+    assert "NotImplementedError" in errors[7]
     assert "not an image file" in errors[1] and "not an image file" in errors[3]
     assert "20,000,001 bytes, over the server's limit of 20,000,000" in errors[4]
     assert "not a regular file" in errors[5] and "No such file" in errors[6]

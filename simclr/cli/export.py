@@ -54,6 +54,10 @@ def export_command(
                                              "embedding out) for this version.")] = True,
     max_image_bytes: Annotated[int, Option(min=1, help="NAME_preprocess refuses a file larger than this, before "
                                                        "decoding it (bytes).")] = 20_000_000,
+    max_image_mpx: Annotated[float, Option(min=0.001, help="NAME_preprocess refuses a file of more pixels than "
+                                                           "this (megapixels; a JPEG counts at the reduced scale "
+                                                           "it is decoded at), before decoding it: one such "
+                                                           "decode costs up to ~16 bytes a pixel.")] = 25.0,
     preprocess_instances: Annotated[int | None, Option(min=1, help="NAME_preprocess instances: each decodes one "
                                                                    "batch at a time. [default: this machine's CPU "
                                                                    "cores]")] = None,
@@ -79,7 +83,8 @@ def export_command(
     setup_logging()
     options = ServingOptions(max_batch_size=max_batch_size, instances=instances,
                              max_queue_delay_microseconds=queue_delay_us, dynamic_batching=dynamic_batching)
-    preprocess = BytesModelOptions(max_image_bytes=max_image_bytes, instances=preprocess_instances)
+    preprocess = BytesModelOptions(max_image_bytes=max_image_bytes, max_pixels=round(max_image_mpx * 1e6),
+                                   instances=preprocess_instances)
     if (source / CONFIG_FILE).is_file() and name is None and image_size is None:
         if not bytes_model:
             raise fail(f"{source} is an exported model: with --no-bytes-model there is nothing to write")

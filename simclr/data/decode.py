@@ -12,24 +12,30 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-# PIL raises DecompressionBombError (not an OSError) for images over its pixel limit, and SyntaxError for a PNG
-# with a broken chunk.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Whatever decoding one file raises is that file's error: besides OSError, PIL raises DecompressionBombError for
+# images over its pixel limit and SyntaxError for a PNG with a broken chunk, and its plugins raise what they like
+# (NotImplementedError for a DDS pixel format it lacks, struct.error, IndexError, ...).
+DECODE_ERRORS = (Exception,)
+# Pixels one query may decode (the search service, Triton's NAME_preprocess): a 24 MP camera's photo. PIL's own
+# limit (179 M) lets one PNG of a few hundred KB take ~4 GB and ~25 s to decode.
+MAX_QUERY_PIXELS = 25_000_000
 MAX_ASPECT_RATIO = 50  # longer side / shorter side: beyond it an "image" is a strip, refused as unreadable
 
 
-def decode_image(file: BinaryIO, size: int) -> np.ndarray:
+def decode_image(file: BinaryIO, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode an open image file (or io.BytesIO) to uint8 RGB [size, size, 3]: shorter side resized to `size`,
     then centre-cropped.
 
     EXIF orientation is applied and every mode (L, LA, P with transparency, CMYK, I;16, ...) becomes RGB;
-    transparent pixels are composited on white; PIL's decompression-bomb limit holds. Raises one of DECODE_ERRORS
-    for what cannot be decoded.
+    transparent pixels are composited on white; PIL's decompression-bomb limit holds, and `max_pixels` (when
+    given) is a lower one, checked before any pixel is decoded (a JPEG counts at the reduced scale it is decoded
+    at). Raises one of DECODE_ERRORS for what cannot be decoded.
     """
     with Image.open(file) as image:
         refuse_strips(*image.size)  # before any pixel is decoded
         if image.format == "JPEG":
             image.draft("RGB", (size, size))  # decode at a reduced scale when the file is much larger
+        refuse_over(image.size, max_pixels)
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
         return np.array(resize_center_crop(image, size))  # a writable copy
@@ -61,6 +67,14 @@ def _full_scale(mode: str, array: np.ndarray) -> float:
     if mode == "F":
         return 1.0 if peak <= 1.0 else 255.0
     return next(scale for scale in (255.0, 65535.0, 2.0**31 - 1) if peak <= scale)
+
+
+def refuse_over(size: tuple[int, int], max_pixels: int | None) -> None:
+    """ValueError for an image of more than `max_pixels` pixels (None: no limit beyond PIL's)."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"{width}x{height} pixels ({width * height / 1e6:.1f} Mpx): over the limit of "
+                         f"{max_pixels / 1e6:g} Mpx")
 
 
 def refuse_strips(width: int, height: int) -> None:

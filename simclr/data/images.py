@@ -23,13 +23,13 @@ class NoImagesError(ValueError):
 
 def find_images(root: Path) -> list[Path]:
     """All image files below `root`, recursively, in sorted order (`walk_images` as a list; a subfolder that cannot
-    be listed is logged). Raises NoImagesError naming the folder when nothing is found."""
+    be listed, or a link out of `root`, is logged). Raises NoImagesError naming the folder when nothing is found."""
     found: list[Path] = []
     for path, reason in walk_images(root):
         if reason is None:
             found.append(path)
         else:
-            log.warning("skipping unreadable folder %s: %s", path, reason)
+            log.warning("skipping %s: %s", path, reason)
     return found
 
 
@@ -38,13 +38,15 @@ def walk_images(root: Path) -> Iterator[tuple[Path, str | None]]:
     paths), streamed: only one folder's names are held at a time, so any number of files can be walked. A
     subfolder that cannot be listed comes in its place as (folder, reason).
 
-    Symlinked folders are followed once: a link back to a folder already visited is skipped, so a symlink cycle
-    cannot loop forever. Raises NoImagesError naming `root` when it is no folder, or at the end of the walk when it
-    holds no image file.
+    Symbolic links are followed inside `root` only: a link (to a file or a folder) that leads out of it comes as
+    (link, reason) and is not followed, so that a link planted in a shared folder cannot pull another tree into the
+    collection; a link back to a folder already visited is skipped, so a symlink cycle cannot loop forever. Raises
+    NoImagesError naming `root` when it is no folder, or at the end of the walk when it holds no image file.
     """
     root = Path(root)
     if not root.is_dir():
         raise NoImagesError(f"{root}: not a folder")
+    inside = os.path.realpath(root).rstrip(os.sep) + os.sep
     visited: set[tuple[int, int]] = set()
     counts = {"images": 0, "other": 0}
 
@@ -55,14 +57,20 @@ def walk_images(root: Path) -> Iterator[tuple[Path, str | None]]:
                 return
             visited.add((identity.st_dev, identity.st_ino))
             with os.scandir(folder) as listing:
-                names = sorted((entry.name, entry.is_dir()) for entry in listing)
+                names = sorted((entry.name, entry.is_dir(), entry.is_symlink()) for entry in listing)
         except OSError as error:
             yield folder, f"{type(error).__name__}: {error.strerror or error}"
             return
-        for name, is_folder in names:
+        for name, is_folder, is_link in names:
+            is_image = not is_folder and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            if is_link and (is_folder or is_image):
+                target = os.path.realpath(folder / name)
+                if not (target + os.sep).startswith(inside):
+                    yield folder / name, f"a symbolic link out of {root} (to {target}): not followed"
+                    continue
             if is_folder:
                 yield from walk(folder / name)
-            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            elif is_image:
                 counts["images"] += 1
                 yield folder / name, None
             else:

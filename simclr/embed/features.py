@@ -42,6 +42,9 @@ class Features:
     failures: list[dict]
     header: FeaturesHeader
     removed: frozenset[int] = frozenset()  # rows taken out of the collection's index (simclr index --remove)
+    files: tuple[dict | None, ...] = ()  # per row: the file's size and mtime_ns when it was embedded (None: unknown)
+    roots: tuple[str, ...] = ()  # the inputs that were embedded, resolved: the rows' files lie in or are these
+    parts: tuple[Path, ...] = ()  # the features files the rows come from, in order
 
     @property
     def model(self) -> ModelIdentity:
@@ -73,13 +76,14 @@ def load_features(path: Path) -> Features:
         raise ValueError(f"{path}: not a .npy array ({error})") from None
     if vectors.ndim != 2:
         raise ValueError(f"{path}: an array of shape {vectors.shape}, not [N, D] features (re-run simclr-embed)")
-    header, paths, labels, failures, summary = _read_sidecar(sidecar)
+    header, paths, labels, failures, summary, files = _read_sidecar(sidecar)
     if summary is None or summary.get("rows") != len(vectors) or len(paths) != len(vectors):
         raise ValueError(f"{path} ({len(vectors)} rows) and {sidecar} ({len(paths)} images) do not match; "
                          "re-run simclr-embed")
     if header.cwd != os.getcwd():  # relative paths were recorded from another working directory
         paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(header.cwd, p)) for p in paths]
-    return Features(path, vectors, paths, labels, failures, header)
+    roots = tuple(os.path.realpath(os.path.join(header.cwd, given)) for given in header.inputs)
+    return Features(path, vectors, paths, labels, failures, header, files=tuple(files), roots=roots, parts=(path,))
 
 
 def load_parts(paths: list[Path]) -> Features:
@@ -95,13 +99,25 @@ def load_parts(paths: list[Path]) -> Features:
         return first
     return Features(first.path, StackedRows([part.vectors for part in parts]),
                     [path for part in parts for path in part.paths], [label for part in parts for label in part.labels],
-                    [failure for part in parts for failure in part.failures], first.header)
+                    [failure for part in parts for failure in part.failures], first.header,
+                    files=tuple(file for part in parts for file in part.files),
+                    roots=tuple(dict.fromkeys(root for part in parts for root in part.roots)),
+                    parts=tuple(part.path for part in parts))
+
+
+def _file_record(record) -> dict | None:
+    """A row's {"size", "mtime_ns"} as the sidecar holds it (None in sidecars written before they were recorded)."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), int) for key in ("size", "mtime_ns")):
+        raise ValueError("its file record is not {\"size\": bytes, \"mtime_ns\": time}")
+    return record
 
 
 def _read_sidecar(sidecar: Path):
-    """(header, paths, labels, failures, summary) of a sidecar; ValueError names the file and line of any record
-    that is not what simclr-embed writes, rows out of order included."""
-    header, paths, labels, failures, summary = None, [], [], [], None
+    """(header, paths, labels, failures, summary, files) of a sidecar; ValueError names the file and line of any
+    record that is not what simclr-embed writes, rows out of order included."""
+    header, paths, labels, failures, summary, files = None, [], [], [], None, []
     with open(sidecar) as file:
         for number, line in enumerate(file, start=1):
             try:
@@ -119,10 +135,11 @@ def _read_sidecar(sidecar: Path):
                 else:
                     paths.append(str(record["path"]))
                     labels.append(record.get("class"))
+                    files.append(_file_record(record.get("file")))
             except (ValueError, KeyError, TypeError) as error:
                 reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
                 raise ValueError(f"{sidecar}, line {number}: not a simclr-embed record ({reason}); re-run "
                                  "simclr-embed") from None
     if header is None:
         raise ValueError(f"{sidecar}: empty (re-run simclr-embed)")
-    return header, paths, labels, failures, summary
+    return header, paths, labels, failures, summary, files

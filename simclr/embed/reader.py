@@ -51,9 +51,11 @@ def _walk_inputs(inputs: Sequence[Path]) -> Iterator[ImageEntry]:
         if not given.is_dir():
             yield ImageEntry(str(given), None)  # the decoder refuses what is not a regular file
             continue
-        # an unlistable folder is recorded under its class (it is one, or is inside one), so probes see it too
+        # an unlistable folder (or a link out of the folder) is recorded under its class (it is one, or is inside
+        # one), so probes see it too
         for path, reason in walk_images(given):
-            yield ImageEntry(str(path), class_of(path if reason is None else path / "_", given), reason)
+            folder = reason is not None and path.is_dir()
+            yield ImageEntry(str(path), class_of(path / "_" if folder else path, given), reason)
 
 
 def scan_inputs(inputs: Sequence[Path]) -> list[ImageEntry]:

@@ -13,7 +13,7 @@ from simclr.embed.encoder import Encoder
 from simclr.embed.features import unit_rows
 from simclr.embed.reader import ImageEntry, embedded_batches, iter_inputs
 from simclr.embed.shards import shard_path
-from simclr.embed.sidecar import FeaturesHeader, ListingDigest, Shard
+from simclr.embed.sidecar import FeaturesHeader, ListingDigest, Shard, file_record
 from simclr.embed.writer import FeatureWriter, features_out
 from simclr.progress import progress_bar
 
@@ -80,7 +80,8 @@ def embed_images(inputs: Sequence[Path], out: Path, encoder: Encoder, batch_size
                 if normalize and len(embeddings):
                     embeddings = unit_rows(embeddings)
                 writer.write([e.path for e in batch.entries], [e.label for e in batch.entries], embeddings,
-                             batch.errors)
+                             batch.errors, [file_record(e.path) if error is None else None
+                                            for e, error in zip(batch.entries, batch.errors, strict=True)])
                 failures += [(e.path, error) for e, error in zip(batch.entries, batch.errors, strict=True) if error]
                 bar.update(len(batch.entries))
         if relisted.sha256 != whole.sha256:

@@ -61,15 +61,15 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
             if not chunks[0]:
                 break
             merged = [chunks[i % count][i // count] for i in range(sum(len(chunk) for chunk in chunks))]
-            with_row = [i for i, (_, _, vector, _) in enumerate(merged) if vector is not None]
+            with_row = [i for i, (_, _, vector, _, _) in enumerate(merged) if vector is not None]
             embedded = [merged[i][2] for i in with_row]
             from_part = np.array(with_row, dtype=np.int64) % count
             rows = writer.rows + np.arange(len(with_row))
             for part, taken in enumerate(part_rows):
                 taken.append(rows[from_part == part])
-            writer.write([path for path, _, _, _ in merged], [label for _, label, _, _ in merged],
+            writer.write([path for path, *_ in merged], [label for _, label, *_ in merged],
                          np.stack(embedded) if embedded else np.zeros((0, writer.dim), np.float32),
-                         [error for _, _, _, error in merged])
+                         [error for *_, error, _ in merged], [file for *_, file in merged])
         if any(reader.take(1) for reader in readers):
             raise ValueError("the parts hold more images than their headers say: re-run the jobs")
         writer.finish()
@@ -134,12 +134,13 @@ class _PartReader:
                     return
                 yield record
 
-    def take(self, count: int) -> list[tuple[str, str | None, np.ndarray | None, str | None]]:
+    def take(self, count: int) -> list[tuple[str, str | None, np.ndarray | None, str | None, dict | None]]:
+        """(path, class, vector or None, error or None, file record or None) of the next `count` images."""
         taken = []
         for record in self.records:
             row = record.get("row")
             taken.append((record["path"], record.get("class"), None if row is None else self.vectors[row],
-                          record.get("error")))
+                          record.get("error"), record.get("file")))
             if len(taken) == count:
                 break
         return taken

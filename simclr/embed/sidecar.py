@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,17 @@ def listing_sha256(paths: Iterable[str]) -> str:
     for path in paths:
         digest.add(path)
     return digest.sha256
+
+
+def file_record(path: str) -> dict | None:
+    """What a row records of its file, so that the search service serves only the file that was embedded: its
+    size and modification time (not its inode, which a copy of the collection to another disk changes). None when
+    the file cannot be read any more."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
 def sidecar_path(features_path: Path) -> Path:

@@ -86,9 +86,10 @@ class FeatureWriter:
         with open(self.rows_partial, "r+b") as file:
             file.truncate(self.rows * self.dim * 4)
 
-    def write(self, paths: list[str], labels: list[str | None], embeddings: np.ndarray, errors: list[str | None]
-              ) -> None:
-        """One batch in input order: `embeddings` [n_ok, D] belong to the entries whose error is None."""
+    def write(self, paths: list[str], labels: list[str | None], embeddings: np.ndarray, errors: list[str | None],
+              files: list[dict | None] | None = None) -> None:
+        """One batch in input order: `embeddings` [n_ok, D] belong to the entries whose error is None; `files`
+        holds, per entry, its file's record (`file_record`) or None."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.shape != (sum(error is None for error in errors), self.dim):
             raise ValueError(f"embeddings of shape {embeddings.shape} for {len(paths)} images of dimension {self.dim}")
@@ -96,9 +97,11 @@ class FeatureWriter:
         self._rows_file.flush()
         os.fsync(self._rows_file.fileno())  # rows on disk first: records never point past them, even on power loss
         lines = []
-        for path, label, error in zip(paths, labels, errors, strict=True):
+        for path, label, error, file in zip(paths, labels, errors, files or [None] * len(paths), strict=True):
             if error is None:
                 record = {"row": self.rows, "path": path, "class": label}
+                if file is not None:
+                    record["file"] = file
                 self.rows += 1
             else:
                 record = {"row": None, "path": path, "class": label, "error": error}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simclr.atomic import atomic_write_bytes, atomic_write_text
+from simclr.data.decode import MAX_QUERY_PIXELS
 from simclr.export.layout import CONFIG_FILE, INPUT_NAME, LABELS_FILE, read_config, versions
 
 BYTES_INPUT = "image_bytes"
@@ -24,10 +25,11 @@ ENSEMBLE_NOTE = "An ensemble has no model file: config.pbtxt routes image_bytes 
 
 @dataclass(frozen=True)
 class BytesModelOptions:
-    """How the preprocessing model decodes: the largest file it accepts, and how many instances decode at once
-    (each decodes one batch at a time; None: this machine's CPU cores)."""
+    """How the preprocessing model decodes: the largest file it accepts, the most pixels it decodes from one file,
+    and how many instances decode at once (each decodes one batch at a time; None: this machine's CPU cores)."""
 
     max_image_bytes: int = 20_000_000
+    max_pixels: int = MAX_QUERY_PIXELS
     instances: int | None = None
 
 
@@ -62,6 +64,8 @@ def write_bytes_models(repo: Path, name: str, options: BytesModelOptions = BYTES
     """
     if options.max_image_bytes < 1:
         raise ValueError(f"--max-image-bytes {options.max_image_bytes}: must be at least 1")
+    if options.max_pixels < 1:
+        raise ValueError(f"--max-image-mpx {options.max_pixels / 1e6:g}: must be above 0")
     instances = options.instances or os.cpu_count() or 1
     encoder_dir = Path(repo) / name
     served = versions(encoder_dir)
@@ -76,7 +80,7 @@ def write_bytes_models(repo: Path, name: str, options: BytesModelOptions = BYTES
     for file_name, content in preprocess_files().items():
         atomic_write_bytes(preprocess / str(version) / file_name, lambda file, data=content: file.write(data))
     atomic_write_text(preprocess / CONFIG_FILE, _preprocess_config(
-        preprocess.name, encoder.max_batch_size, image_dims, options.max_image_bytes, instances))
+        preprocess.name, encoder.max_batch_size, image_dims, options, instances))
 
     ensemble = Path(repo) / bytes_name(name)
     (ensemble / str(version)).mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def _newest_only(config) -> None:
     config.version_policy.CopyFrom(pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1)))
 
 
-def _preprocess_config(name: str, max_batch_size: int, image_dims: list[int], max_image_bytes: int,
+def _preprocess_config(name: str, max_batch_size: int, image_dims: list[int], options: BytesModelOptions,
                        instances: int) -> str:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
@@ -107,7 +111,8 @@ def _preprocess_config(name: str, max_batch_size: int, image_dims: list[int], ma
     config.dynamic_batching.SetInParent()  # no waiting: a free instance takes whatever requests are queued
     config.instance_group.add(count=instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     config.parameters["image_size"].string_value = str(image_dims[0])
-    config.parameters["max_image_bytes"].string_value = str(max_image_bytes)
+    config.parameters["max_image_bytes"].string_value = str(options.max_image_bytes)
+    config.parameters["max_pixels"].string_value = str(options.max_pixels)
     return text_format.MessageToString(config)
 
 

@@ -9,14 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from simclr.embed.encoder import Encoder, EncoderSpec, same_model
 from simclr.embed.features import Features, load_parts
 from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import EXACT_UP_TO, build_index, search
 from simclr.search.store import StaleIndexError, index_path, load_index, read_manifest, save_index
-from simclr.search.vectors import ChainedVectors, Vectors, vector_source
+from simclr.search.vectors import vector_source
 
 log = logging.getLogger("simclr")
 
@@ -40,12 +38,13 @@ class QueryResult:
     error: str | None = None  # the query image could not be decoded
 
 
-def open_index(path: Path, kind: str = "flat") -> tuple[Features, object]:
-    """The features of a collection and their FAISS index (memory-mapped). `path` is a features file (its index
-    beside it: feats.faiss) or an index (.faiss: its manifest names the features files, its parts). When a features
-    file has no index yet, one of `kind` is built and saved (`simclr index` builds "auto"); when it is stale or
-    damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO rows, and a larger collection's is
-    refused with the command that rebuilds it. The features' `removed` holds the rows taken out of the index."""
+def open_index(path: Path, kind: str = "flat", mmap: bool = True) -> tuple[Features, object]:
+    """The features of a collection and their FAISS index (memory-mapped unless `mmap` is False). `path` is a
+    features file (its index beside it: feats.faiss) or an index (.faiss: its manifest names the features files, its
+    parts). When a features file has no index yet, one of `kind` is built and saved (`simclr index` builds
+    "auto"); when it is stale or damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO rows, and
+    a larger collection's is refused with the command that rebuilds it. The features' `removed` holds the rows
+    taken out of the index."""
     path = Path(path)
     if path.suffix == ".faiss":
         if not path.is_file():
@@ -59,7 +58,7 @@ def open_index(path: Path, kind: str = "flat") -> tuple[Features, object]:
                 parts = recorded
     features = load_parts(parts)
     try:
-        index, manifest = load_index(index_file)
+        index, manifest = load_index(index_file, mmap=mmap)
         built_from = [part.resolve() for part in manifest.part_paths(index_file.parent)]
         if built_from != [part.resolve() for part in parts]:
             raise StaleIndexError(f"{index_file} was built from {', '.join(map(str, built_from))}, not {path}")
@@ -79,14 +78,6 @@ def open_index(path: Path, kind: str = "flat") -> tuple[Features, object]:
     save_index(index, parts, report, index_file=index_file)
     log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, index_file)
     return features, index
-
-
-def exact_rows(features: Features) -> Vectors:
-    """The indexed rows as they are (read from their memory maps), for re-scoring a compressed index's candidates."""
-    vectors = features.vectors
-    if isinstance(vectors, np.ndarray):
-        return Vectors(vectors)
-    return ChainedVectors([Vectors(part) for part in vectors.arrays])
 
 
 def query_encoder(features: Features, spec: EncoderSpec) -> Encoder:
@@ -120,7 +111,7 @@ def search_images(queries: Sequence[Path], features: Features, index, encoder: E
     embeddings, errors = batch.embeddings, batch.errors
     results: list[QueryResult] = []
     if len(embeddings):
-        scores, rows = search(index, embeddings, k, exact_rows(features))
+        scores, rows = search(index, embeddings, k, vector_source(list(features.parts)))
     decoded = iter(range(len(embeddings)))
     for entry, error in zip(entries, errors, strict=True):
         if error:

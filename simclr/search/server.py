@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from simclr.errors import first_line
 from simclr.ports import check_port_free
 from simclr.search.api import ServiceOptions, create_app
+from simclr.search.connections import connection_cap, guarded_protocol
 from simclr.search.service import SearchService
 
 log = logging.getLogger("simclr")
@@ -32,7 +34,10 @@ class SearchServer:
             def capture_signals(self):  # run() stops it on SIGINT/SIGTERM (uvicorn would re-raise them at exit)
                 yield
 
-        config = uvicorn.Config(create_app(service, options or ServiceOptions()), host=host, port=port,
+        options = options or ServiceOptions()
+        protocol = guarded_protocol(options.head_timeout, options.body_idle_timeout,
+                                    options.max_connections or connection_cap())
+        config = uvicorn.Config(create_app(service, options), host=host, port=port, http=protocol,
                                 log_level="warning", access_log=False, lifespan="off")
         self.server = Server(config)
         self.load_error: BaseException | None = None
@@ -69,7 +74,7 @@ class SearchServer:
         try:
             self.service.reload()
         except ValueError as error:
-            log.error("SIGHUP: reload failed, still serving the previous index: %s", error)
+            log.error("SIGHUP: reload failed, still serving the previous index: %s", first_line(error))
 
     def start(self, timeout: float = 120.0) -> SearchServer:
         """Serve from a background thread; return once the index and the model are loaded."""

@@ -1,37 +1,41 @@
-"""The search service's state: the encoder (loaded once), the collection (features memory-mapped, FAISS index,
-swapped whole by `reload`), and the queries it answers. No web code here: `search/api.py` serves it over HTTP."""
+"""The search service's state: the encoder (loaded once), the collection (rows read from the features files with
+pread, the FAISS index in memory, swapped whole by `reload`), and the queries it answers. Nothing is memory-mapped:
+a file rewritten in place under a running service gives an error, never SIGBUS. No web code here: `search/api.py`
+serves it over HTTP."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from simclr.data.decode import DECODE_ERRORS, decode_image
+from simclr.data.decode import DECODE_ERRORS, MAX_QUERY_PIXELS, decode_image, to_rgb
 from simclr.embed.encoder import Encoder, EncoderSpec
 from simclr.embed.features import Features, path_key
+from simclr.errors import first_line
+from simclr.search.errors import QueryError
+from simclr.search.files import OpenedFile, open_collection_file
 from simclr.search.index import search
-from simclr.search.query import check_model, exact_rows, open_index, query_encoder
+from simclr.search.query import check_model, open_index, query_encoder
 from simclr.search.store import index_path, index_report
+from simclr.search.vectors import Vectors, vector_source
+
+__all__ = ["MAX_K", "Answer", "Collection", "QueryError", "SearchService"]
 
 log = logging.getLogger("simclr")
 MAX_K = 1000
 THUMBNAIL_SIZES = range(16, 513)
-
-
-class QueryError(ValueError):
-    """A query the service cannot answer; `status` is the HTTP status that says why (4xx)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+THUMBNAILS_CACHED = 4096
+# Decodes at a time (uploads and thumbnails): each may hold up to ~16 bytes a pixel while it runs.
+DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class Collection:
     """One load of the features and their index; a reload builds a new one and swaps it in whole."""
 
     features: Features
-    index: object  # faiss.Index
+    index: object  # faiss.Index, in memory
+    vectors: Vectors  # the rows, read from the features files with pread
     rows_by_path: dict[str, int]
     report: dict | None  # how the index was built (kind, recall), as recorded beside it
     loaded_at: float
@@ -62,13 +67,18 @@ class Answer:
 class SearchService:
     """Search a collection embedded by simclr-embed: by an uploaded photo, an indexed row or an indexed path."""
 
-    def __init__(self, features_path: Path, spec: EncoderSpec | None = None) -> None:
+    def __init__(self, features_path: Path, spec: EncoderSpec | None = None,
+                 max_query_pixels: int = MAX_QUERY_PIXELS) -> None:
         self.features_path = Path(features_path)
         # A query embeds one image between searches and HTTP work: spinning ONNX Runtime threads would slow those 2x.
         self.spec = dataclasses.replace(spec or EncoderSpec(), spin=False)
+        self.max_query_pixels = max_query_pixels
         self.encoder: Encoder | None = None
         self.collection: Collection | None = None
         self._reload_lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self._thumbnails: OrderedDict[tuple, bytes] = OrderedDict()
+        self._thumbnails_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -82,25 +92,31 @@ class SearchService:
 
     def reload(self) -> Collection:
         """Swap in the collection as it is on disk now. Requests in flight finish on the one they started with;
-        when the new one cannot be loaded, or was embedded with another model, the old one stays (ValueError)."""
+        when the new one cannot be loaded (a file missing, damaged, a folder in its place), or was embedded with
+        another model, the old one stays (ValueError, one line)."""
         with self._reload_lock:
-            collection = self._load_collection()
+            try:
+                collection = self._load_collection()
+            except OSError as error:
+                raise ValueError(first_line(error)) from None
             check_model(collection.features, self.encoder)
             self.collection = collection
             log.info("reloaded %s: %d images", self.features_path, len(collection.features.paths))
             return collection
 
     def _load_collection(self) -> Collection:
-        features, index = open_index(self.features_path, kind="auto")
+        features, index = open_index(self.features_path, kind="auto", mmap=False)
         rows = {path_key(path): row for row, path in enumerate(features.paths) if row not in features.removed}
         index_file = self.features_path if self.features_path.suffix == ".faiss" else index_path(self.features_path)
-        return Collection(features, index, rows, index_report(index_file), time.time())
+        return Collection(features, index, vector_source(list(features.parts)), rows, index_report(index_file),
+                          time.time())
 
     def search_upload(self, data: bytes, k: int) -> Answer:
         """Decode an uploaded image file as simclr-embed decodes it, embed it and search."""
         started = time.perf_counter()
         try:
-            image = decode_image(io.BytesIO(data), self.encoder.identity.image_size)
+            with self._decode_slots:
+                image = decode_image(io.BytesIO(data), self.encoder.identity.image_size, self.max_query_pixels)
         except DECODE_ERRORS as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
             if "cannot identify image file" in reason:
@@ -116,7 +132,11 @@ class SearchService:
         """Search with the stored embedding of an indexed row."""
         collection = self.collection
         self.check_row(row, collection)
-        embedding = np.asarray(collection.features.vectors[row], dtype=np.float32)
+        try:
+            embedding = collection.vectors.rows([row], normalise=False)[0]
+        except (OSError, ValueError) as error:
+            raise QueryError(f"row {row}: {first_line(error)}; POST /reload (or SIGHUP) loads it as it is now",
+                             409) from None
         return self._answer(collection.features.paths[row], embedding, k, {}, collection)
 
     def search_path(self, path: str, k: int) -> Answer:
@@ -132,7 +152,11 @@ class SearchService:
             raise QueryError(f"k {k}: must be between 1 and {MAX_K}")
         collection = collection or self.collection
         started = time.perf_counter()
-        scores, rows = search(collection.index, embedding[None], k, exact_rows(collection.features))
+        try:
+            scores, rows = search(collection.index, embedding[None], k, collection.vectors)
+        except (OSError, ValueError) as error:  # a features file rewritten in place while served
+            raise QueryError(f"{first_line(error)}; POST /reload (or SIGHUP) loads the collection as it is now",
+                             409) from None
         timing["search"] = time.perf_counter() - started
         neighbours = [{"rank": rank + 1, "score": float(score), "path": collection.features.paths[row], "row": int(row)}
                       for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True)) if row >= 0]
@@ -148,23 +172,36 @@ class SearchService:
         if row in features.removed:
             raise QueryError(f"row {row}: removed from the index", status=404)
 
-    def image_file(self, row: int) -> Path:
-        """The file of an indexed row (only rows of the index can be read)."""
-        self.check_row(row)
-        path = Path(self.collection.features.paths[row])
-        if not path.is_file():
-            raise QueryError(f"row {row}: its file {path} is gone", status=404)
-        return path
+    def open_file(self, row: int) -> OpenedFile:
+        """The open file of an indexed row: only the file that was embedded, inside the embedded folders, through
+        no link (QueryError 404 when it is gone, 409 when it changed; `search/files.py`)."""
+        collection = self.collection
+        self.check_row(row, collection)
+        features = collection.features
+        recorded = features.files[row] if row < len(features.files) else None
+        return open_collection_file(row, features.paths[row], features.roots, recorded)
 
     def thumbnail(self, row: int, size: int) -> bytes:
-        """A JPEG of the row's image fitted in size x size (cached, keyed by the file's modification time)."""
+        """A JPEG of the row's image fitted in size x size (cached while the file's size and mtime stay)."""
         if size not in THUMBNAIL_SIZES:
             raise QueryError(f"size {size}: must be between {THUMBNAIL_SIZES.start} and {THUMBNAIL_SIZES.stop - 1}")
-        path = self.image_file(row)
-        try:
-            return _thumbnail(str(path), size, path.stat().st_mtime_ns)
-        except DECODE_ERRORS as error:
-            raise QueryError(f"row {row}: {path} cannot be decoded ({type(error).__name__})", status=404) from None
+        opened = self.open_file(row)
+        with opened.file:
+            key = (self.collection.features.paths[row], size, opened.size, opened.mtime_ns)
+            with self._thumbnails_lock:
+                if key in self._thumbnails:
+                    self._thumbnails.move_to_end(key)
+                    return self._thumbnails[key]
+            try:
+                with self._decode_slots:
+                    thumbnail = _thumbnail_jpeg(opened.file, size)
+            except DECODE_ERRORS as error:
+                raise QueryError(f"row {row}: its file cannot be decoded ({type(error).__name__})", 404) from None
+        with self._thumbnails_lock:
+            self._thumbnails[key] = thumbnail
+            while len(self._thumbnails) > THUMBNAILS_CACHED:
+                self._thumbnails.popitem(last=False)
+        return thumbnail
 
     def info(self) -> dict:
         """Model identity, index kind and size, the recall the index measured when it was built."""
@@ -183,13 +220,10 @@ class SearchService:
                 "loaded_at": collection.loaded_at}
 
 
-@functools.lru_cache(maxsize=4096)
-def _thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
+def _thumbnail_jpeg(file, size: int) -> bytes:
     from PIL import Image, ImageOps
 
-    from simclr.data.decode import to_rgb
-
-    with Image.open(path) as image:
+    with Image.open(file) as image:
         image.draft("RGB", (size, size))
         picture = to_rgb(ImageOps.exif_transpose(image))
         picture.thumbnail((size, size))

@@ -37,9 +37,10 @@ class Vectors:
         for start in range(0, self.count, step):
             yield start, normalise_in_place(np.array(self.array[start:start + step], dtype=np.float32))
 
-    def rows(self, indices: np.ndarray) -> np.ndarray:
-        """The normalised rows at `indices` (a sample for training or for measuring recall)."""
-        return normalise_in_place(np.array(self.array[np.asarray(indices)], dtype=np.float32))
+    def rows(self, indices: np.ndarray, normalise: bool = True) -> np.ndarray:
+        """The rows at `indices` (a sample for training or for measuring recall), normalised unless told not."""
+        rows = np.array(self.array[np.asarray(indices)], dtype=np.float32)
+        return normalise_in_place(rows) if normalise else rows
 
 
 class VectorFile(Vectors):
@@ -61,7 +62,10 @@ class VectorFile(Vectors):
             raise ValueError(f"{path}: {dtype} of shape {shape}{' in Fortran order' if fortran else ''}; "
                              "vectors to index are float32 [N, D] (what simclr-embed writes)")
         self.count, self.dim = shape
-        if os.path.getsize(self.path) < self.offset + 4 * self.count * self.dim:
+        # Rows are read from the file as it was opened: one renamed over it later is seen only by a new VectorFile.
+        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115  (closed with the object)
+        self._size = os.fstat(self._file.fileno()).st_size
+        if self._size < self.offset + 4 * self.count * self.dim:
             raise ValueError(f"{path}: shorter than its header's {self.count} x {self.dim} rows (cut short?)")
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -80,16 +84,22 @@ class VectorFile(Vectors):
                     filled += read
                 yield start, normalise_in_place(rows)
 
-    def rows(self, indices: np.ndarray) -> np.ndarray:
+    def rows(self, indices: np.ndarray, normalise: bool = True) -> np.ndarray:
+        """The rows at `indices`, read with pread from the file that was opened: ValueError names the file when
+        it was rewritten in place since (where a memory map would die of SIGBUS)."""
         indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), self.dim), np.float32)
         row_bytes = 4 * self.dim
-        with open(self.path, "rb", buffering=0) as file:
-            descriptor = file.fileno()
-            for position, row in enumerate(indices):
-                out[position] = np.frombuffer(os.pread(descriptor, row_bytes, self.offset + int(row) * row_bytes),
-                                              np.float32)
-        return normalise_in_place(out)
+        descriptor = self._file.fileno()
+        if os.fstat(descriptor).st_size != self._size:
+            raise ValueError(f"{self.path}: rewritten in place since it was opened (replace a features file by "
+                             "renaming a new one over it)")
+        for position, row in enumerate(indices):
+            data = os.pread(descriptor, row_bytes, self.offset + int(row) * row_bytes)
+            if len(data) != row_bytes:
+                raise ValueError(f"{self.path}: ended before row {int(row)}")
+            out[position] = np.frombuffer(data, np.float32)
+        return normalise_in_place(out) if normalise else out
 
 
 class ChainedVectors(Vectors):
@@ -107,14 +117,14 @@ class ChainedVectors(Vectors):
             for first, chunk in part.chunks():
                 yield int(start) + first, chunk
 
-    def rows(self, indices: np.ndarray) -> np.ndarray:
+    def rows(self, indices: np.ndarray, normalise: bool = True) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         owner = np.searchsorted(self.starts, indices, side="right") - 1
         out = np.empty((len(indices), self.dim), np.float32)
         for number, part in enumerate(self.parts):
             mine = owner == number
             if mine.any():
-                out[mine] = part.rows(indices[mine] - self.starts[number])
+                out[mine] = part.rows(indices[mine] - self.starts[number], normalise)
         return out
 
 

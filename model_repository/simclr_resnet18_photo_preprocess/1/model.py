@@ -16,11 +16,12 @@ import triton_python_backend_utils as pb_utils
 from PIL import UnidentifiedImageError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from simclr_decode import DECODE_ERRORS, decode_image  # noqa: E402  (the copy beside this file)
+from simclr_decode import DECODE_ERRORS, MAX_QUERY_PIXELS, decode_image  # noqa: E402  (the copy beside this file)
 
 
 class ItemError(ValueError):
-    """Why one file of a request cannot become an image; the whole request fails with its message."""
+    """Why one file of a request cannot become an image; the whole request fails with its message (INVALID_ARG:
+    the client's file, not the server, is at fault)."""
 
 
 class TritonPythonModel:
@@ -29,8 +30,11 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.image_size = int(parameters["image_size"])
         self.max_image_bytes = int(parameters["max_image_bytes"])
-        # Pillow lets go of the GIL while it decodes and resizes: threads spread one batch over every core.
-        self.pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
+        self.max_pixels = int(parameters.get("max_pixels", MAX_QUERY_PIXELS))
+        # Pillow lets go of the GIL while it decodes and resizes: threads spread one batch over the cores. The
+        # instances share them (one thread per core in all), so that at most one decode per core holds memory.
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        self.pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) // instances), thread_name_prefix="decode")
 
     def execute(self, requests):
         # Each request of a dynamic batch is answered on its own: one bad file fails its request only.
@@ -44,7 +48,7 @@ class TritonPythonModel:
             refused = next((image for image in images if isinstance(image, ItemError)), None)
             if refused is not None:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                    str(refused))))
+                    str(refused), pb_utils.TritonError.INVALID_ARG)))
             else:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image",
                                                                                             np.stack(images))]))
@@ -59,7 +63,7 @@ class TritonPythonModel:
             return ItemError(f"image_bytes[{index}]: {len(item):,} bytes, over this model's limit of "
                              f"{self.max_image_bytes:,} (max_image_bytes)")
         try:
-            return decode_image(io.BytesIO(item), self.image_size)
+            return decode_image(io.BytesIO(item), self.image_size, self.max_pixels)
         except UnidentifiedImageError:
             return ItemError(f"image_bytes[{index}]: {len(item):,} bytes that are not an image file in a format "
                              "Pillow reads (JPEG, PNG, WebP, GIF, TIFF, BMP, ...)")
