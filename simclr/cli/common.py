@@ -44,5 +44,11 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
         raise fail(first_line(error)) from None
 
 
+def shown(path: str) -> str:
+    """A path as a terminal can print it: bytes that are not UTF-8 (held as surrogates) as escapes, e.g.
+    caf\\udce9.png (os.fsencode of the escape's code point gives the byte back); JSON output escapes them alike."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def print_json(payload: dict) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from simclr.cli.common import print_json, setup_logging, user_errors
+from simclr.cli.common import print_json, setup_logging, shown, user_errors
 from simclr.cli.options import with_encoder_options
 from simclr.data.images import NoImagesError
 from simclr.embed.encoder import EncoderError, EncoderSpec
@@ -124,8 +124,8 @@ def search_command(
                     "results": [dataclasses.asdict(result) for result in results]})
         return
     for result in results:
-        typer.echo(f"query {result.query}" + (f": unreadable ({result.error})" if result.error else ""))
+        typer.echo(f"query {shown(result.query)}" + (f": unreadable ({shown(result.error)})" if result.error else ""))
         for neighbour in result.neighbours:
-            typer.echo(f"  {neighbour.rank:>3}  {neighbour.score:.4f}  {neighbour.path}")
+            typer.echo(f"  {neighbour.rank:>3}  {neighbour.score:.4f}  {shown(neighbour.path)}")
     if grid:
         typer.echo(f"grid -> {grid}", err=True)
