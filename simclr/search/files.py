@@ -31,10 +31,13 @@ class OpenedFile:
     mtime_ns: int
     media_type: str
 
-    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
-        """The file's bytes, then the file is closed (for a streamed response)."""
+    def chunks(self, block_size: int = 1 << 16) -> Iterator[bytes]:
+        """The file's `size` bytes as opened (what Content-Length says, whatever is appended meanwhile), then the
+        file is closed (for a streamed response)."""
+        left = self.size
         with self.file:
-            while block := self.file.read(size):
+            while left and (block := self.file.read(min(block_size, left))):
+                left -= len(block)
                 yield block
 
 

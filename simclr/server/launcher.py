@@ -30,6 +30,9 @@ from simclr.ports import PortInUseError, check_port_free
 log = logging.getLogger("simclr")
 
 PYTHON_MODEL = Path(__file__).with_name("onnx_python_model.py")
+# On SIGTERM, requests in flight get this long to finish (Triton waits 30 s by default, also for a client that
+# only holds an idle keep-alive connection).
+EXIT_TIMEOUT_SECONDS = 5
 
 
 class ServerError(RuntimeError):
@@ -237,7 +240,8 @@ class TritonServer:
             command = [str(self.binary.path), "--http-address", options.host, "--http-port", str(options.http_port),
                        "--grpc-address", options.host, "--grpc-port", str(options.grpc_port),
                        "--metrics-address", options.host, "--metrics-port", str(options.metrics_port),
-                       "--model-control-mode", "none", "--strict-readiness", "true", "--exit-on-error", "true"]
+                       "--model-control-mode", "none", "--strict-readiness", "true", "--exit-on-error", "true",
+                       "--exit-timeout-secs", str(EXIT_TIMEOUT_SECONDS)]
             environment = dict(os.environ)
             if self.binary.embedded:
                 repository = _python_backend_repository(Path(options.repo), self.work, options)
