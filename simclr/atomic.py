@@ -70,3 +70,40 @@ def _sync_folder(folder: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda file: file.write(text.encode()))
+
+
+class PlantedLinkError(ValueError):
+    """A symbolic link where simclr writes a file of its own (a partial or working file): never written through."""
+
+
+def _refuse_link(path: Path) -> None:
+    if os.path.islink(path):
+        raise PlantedLinkError(f"{path}: a symbolic link where simclr writes its own file (to {os.readlink(path)}); "
+                               "nothing is written through a link: remove it")
+
+
+def create_own(path: Path) -> BinaryIO:
+    """A new, empty file at `path` for writing (a stale one of an earlier run removed first), created with O_EXCL and
+    O_NOFOLLOW so that a link planted in its place is never written through (PlantedLinkError names it)."""
+    path = Path(path)
+    _refuse_link(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             default_mode())
+    except FileExistsError:  # planted between the unlink and the open
+        _refuse_link(path)
+        raise
+    return os.fdopen(descriptor, "wb")
+
+
+def open_own(path: Path, mode: str) -> BinaryIO:
+    """Open a file simclr wrote earlier ("rb", "ab" or "r+b"), never through a link (PlantedLinkError names it)."""
+    flags = {"rb": os.O_RDONLY, "ab": os.O_WRONLY | os.O_APPEND, "r+b": os.O_RDWR}[mode]
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        _refuse_link(Path(path))  # ELOOP: a link in its place
+        raise
+    return os.fdopen(descriptor, mode)

@@ -31,3 +31,36 @@ def remove_orphaned(folders) -> None:
         with contextlib.suppress(OSError):
             if pid.isdigit() and Path(folder).stat().st_uid == os.getuid() and not Path(f"/proc/{pid}").exists():
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+class StopSignal:
+    """The signal that stopped a `stopped_by_signals` block (SIGINT until one arrives)."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+
+    @property
+    def name(self) -> str:
+        return self.signal.name
+
+    @property
+    def value(self) -> int:
+        return int(self.signal)
+
+
+@contextlib.contextmanager
+def stopped_by_signals(signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """Within the block, each of `signals` raises KeyboardInterrupt in the main thread (SIGTERM would otherwise end
+    the process without a word, and without closing what it writes); the StopSignal yielded says which came."""
+    stopped = StopSignal()
+
+    def interrupt(number, _frame) -> None:
+        stopped.signal = signal.Signals(number)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -316,3 +316,38 @@ def test_a_negative_l2_strength_is_one_line(tmp_path: Path) -> None:
 def test_probe_checks_its_data_options_before_opening_a_model(tmp_path: Path) -> None:
     result = _simclr("probe", "--train", str(tmp_path), "--model", str(tmp_path / "no-such-model"))
     assert result.returncode == 1 and result.stderr.strip() == "error: --train and --test go together"
+
+
+def test_embed_refuses_a_link_planted_as_its_partial_file_in_one_line(tiny_repo: Path, image_folder: Path,
+                                                                     tmp_path: Path) -> None:
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("another user's work\n")
+    (tmp_path / "feats.npy.partial").symlink_to(victim)
+    result = _simclr("embed", str(image_folder), "--model", str(tiny_repo / "tiny"), "--out",
+                     str(tmp_path / "feats.npy"), "--workers", "0")
+    last = result.stderr.strip().splitlines()[-1]  # after the listing's progress bar
+    assert result.returncode == 1 and "feats.npy.partial: a symbolic link where simclr writes its own file" in last
+    assert victim.read_text() == "another user's work\n"
+
+
+def test_a_sigterm_stops_embed_in_one_line_and_resume_finishes_it(tiny_repo: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(600):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photos / f"{number:03d}.jpg")
+    command = ["embed", str(photos), "--model", str(tiny_repo / "tiny"), "--out", str(tmp_path / "feats.npy"),
+               "--workers", "0", "--batch-size", "4"]
+    running = subprocess.Popen([sys.executable, "-m", "simclr", *command], stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "feats.npy.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert running.poll() is None and time.monotonic() < deadline, running.stderr.read()
+        time.sleep(0.02)
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=30) == 128 + signal.SIGTERM
+    last = running.stderr.read().strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in last and "feats.npy.partial" in last and "--resume" in last, last
+    resumed = _simclr(*command, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["rows"] == 600 and not partial.exists()

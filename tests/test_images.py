@@ -20,6 +20,30 @@ def test_find_images_is_recursive_sorted_and_survives_symlink_cycles(tmp_path: P
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.JPG", "b/0.webp", "b/deep/2.png"]
 
 
+def test_a_link_that_loops_fails_alone_and_its_folder_is_walked(tmp_path: Path) -> None:
+    (tmp_path / "dogs").mkdir()
+    for name in ("dogs/a.jpg", "dogs/b.jpg", "c.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "dogs" / "loop.jpg").symlink_to("loop.jpg")  # ln -s loop.jpg photos/dogs/loop.jpg
+    (tmp_path / "top.jpg").symlink_to("top.jpg")
+    walked = {path.relative_to(tmp_path).as_posix(): reason for path, reason in walk_images(tmp_path)}
+    assert [name for name, reason in walked.items() if reason is None] == ["c.jpg", "dogs/a.jpg", "dogs/b.jpg"]
+    assert "Too many levels of symbolic links" in walked["dogs/loop.jpg"] and walked["top.jpg"]
+
+
+def test_a_link_out_of_the_folder_is_reported_and_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "inner").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("photos/inner/a.jpg", "elsewhere/b.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "photos" / "out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "photos" / "out.jpg").symlink_to(tmp_path / "elsewhere" / "b.jpg")
+    (tmp_path / "photos" / "in.jpg").symlink_to(tmp_path / "photos" / "inner" / "a.jpg")
+    walked = {path.name: reason for path, reason in walk_images(tmp_path / "photos")}
+    assert walked["in.jpg"] is None and walked["a.jpg"] is None and "b.jpg" not in walked
+    assert "a symbolic link out of" in walked["out"] and "a symbolic link out of" in walked["out.jpg"]
+
+
 def test_the_walk_streams_in_the_order_of_the_sorted_list(tmp_path: Path) -> None:
     names = ["a/b.jpg", "a.b/c.png", "a b/d.png", "a/z/e.png", "a/y.png", "B/f.png", "a-/g.png", "10/h.png", "9/i.png"]
     for name in names:

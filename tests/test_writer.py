@@ -111,3 +111,19 @@ def test_a_damaged_sidecar_names_its_line(tmp_path: Path, edit, message: str) ->
     sidecar.write_text("\n".join(edit(sidecar.read_text().splitlines())) + "\n")
     with pytest.raises(ValueError, match=f"feats.jsonl, {message}"):
         load_features(out)
+
+
+@pytest.mark.parametrize("planted", ["feats.npy.partial", "feats.jsonl.partial"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_link_planted_as_a_partial_file_is_refused_and_its_target_untouched(tmp_path: Path, planted: str,
+                                                                              resume: bool) -> None:
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("another user's work\n")
+    if resume:  # an interrupted run's partial files, one of them then swapped for a link
+        with FeatureWriter(tmp_path / "feats.npy", 4, HEADER, resume=False) as writer:
+            writer.write(["a"], [None], _rows(1), [None])
+        (tmp_path / planted).unlink()
+    (tmp_path / planted).symlink_to(victim)
+    with pytest.raises(ValueError, match=f"{planted}: a symbolic link where simclr writes its own file"):
+        FeatureWriter(tmp_path / "feats.npy", 4, HEADER, resume=resume)
+    assert victim.read_text() == "another user's work\n" and (tmp_path / planted).is_symlink()

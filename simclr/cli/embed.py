@@ -12,7 +12,8 @@ from simclr.cli.options import with_encoder_options
 from simclr.data.images import NoImagesError
 from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.runner import embed_images
-from simclr.embed.shards import parse_shard
+from simclr.embed.shards import parse_shard, shard_path
+from simclr.lifetime import stopped_by_signals
 from simclr.progress import significant
 
 Option = typer.Option
@@ -45,7 +46,13 @@ def embed_command(
     with user_errors(EncoderError, NoImagesError):
         part = parse_shard(shard) if shard is not None else None
         model = encoder.open()
-        result = embed_images(images, out, model, batch_size, workers, normalize, resume, shard=part)
+        with stopped_by_signals() as stopped:
+            try:
+                result = embed_images(images, out, model, batch_size, workers, normalize, resume, shard=part)
+            except KeyboardInterrupt:
+                partial = shard_path(out, *part) if part else out
+                raise fail(f"stopped by {stopped.name}; what was embedded is kept in {partial}.partial: run the "
+                           "same command with --resume to continue", 128 + stopped.value) from None
     summary = {"features": str(result.features), "sidecar": str(result.sidecar), "rows": result.rows,
                "failed": result.failed, "failures": [{"path": p, "error": e} for p, e in result.failures],
                "seconds": result.seconds, "images_per_second": result.images_per_second,

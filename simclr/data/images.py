@@ -57,12 +57,16 @@ def walk_images(root: Path) -> Iterator[tuple[Path, str | None]]:
                 return
             visited.add((identity.st_dev, identity.st_ino))
             with os.scandir(folder) as listing:
-                names = sorted((entry.name, entry.is_dir(), entry.is_symlink()) for entry in listing)
+                names = sorted(_entry(entry) for entry in listing)
         except OSError as error:
-            yield folder, f"{type(error).__name__}: {error.strerror or error}"
+            yield folder, _reason(error)
             return
-        for name, is_folder, is_link in names:
+        for name, is_folder, is_link, problem in names:
             is_image = not is_folder and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            if problem is not None:  # a link that loops: that entry fails (an image, or maybe a folder), not its folder
+                if is_image or not Path(name).suffix:
+                    yield folder / name, problem
+                continue
             if is_link and (is_folder or is_image):
                 target = os.path.realpath(folder / name)
                 if not (target + os.sep).startswith(inside):
@@ -80,6 +84,18 @@ def walk_images(root: Path) -> Iterator[tuple[Path, str | None]]:
     if not counts["images"]:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise NoImagesError(f"{root}: no image files found ({counts['other']} other files; looked for {kinds})")
+
+
+def _entry(entry: os.DirEntry) -> tuple[str, bool, bool, str | None]:
+    """(name, is a folder, is a link, why it cannot be told apart, or None) of one listed entry."""
+    try:
+        return entry.name, entry.is_dir(), entry.is_symlink(), None
+    except OSError as error:  # ELOOP: a link to itself
+        return entry.name, False, True, _reason(error)
+
+
+def _reason(error: OSError) -> str:
+    return f"{type(error).__name__}: {error.strerror or error}"
 
 
 def class_of(path: Path, root: Path) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.atomic import replaced_together
+from simclr.atomic import create_own, open_own, replaced_together
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
 
 
@@ -39,21 +39,23 @@ class FeatureWriter:
         self.rows = 0
         self.done = 0  # images handled (embedded or failed): where a resumed run starts
         self.failed = 0
+        # Every partial file is opened with O_NOFOLLOW (and created with O_EXCL): a link planted in a shared output
+        # folder is refused, never written through (simclr.atomic.create_own / open_own).
         if resume and self._resumable():
             self._reopen()
         else:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.rows_partial.write_bytes(b"")
-            self.records_partial.write_text(json.dumps(self.header.to_json()) + "\n")
+            with create_own(self.rows_partial), create_own(self.records_partial) as records:
+                records.write((json.dumps(self.header.to_json()) + "\n").encode())
         # Open for the writer's lifetime; close() and finish() close them (the writer is a context manager).
-        self._rows_file = open(self.rows_partial, "ab")  # noqa: SIM115
-        self._records_file = open(self.records_partial, "a")  # noqa: SIM115
+        self._rows_file = open_own(self.rows_partial, "ab")
+        self._records_file = open_own(self.records_partial, "ab")
 
     def _resumable(self) -> bool:
         if not (self.rows_partial.exists() and self.records_partial.exists()):
             return False
-        with open(self.records_partial) as file:
-            first = file.readline()
+        with open_own(self.records_partial, "rb") as file:
+            first = file.readline().decode("utf-8", "replace")
         try:
             saved = FeaturesHeader.from_json(json.loads(first), self.records_partial)
         except ValueError:  # a header cut short: nothing of that run can be trusted
@@ -68,7 +70,8 @@ class FeatureWriter:
     def _reopen(self) -> None:
         """Keep the complete records whose rows are all on disk, and exactly those rows (after a power loss the
         rows file can be shorter than its records: the run then resumes from what is really there)."""
-        lines = self.records_partial.read_text().split("\n")
+        with open_own(self.records_partial, "rb") as file:
+            lines = file.read().decode().split("\n")
         rows_on_disk = self.rows_partial.stat().st_size // (self.dim * 4)
         kept: list[str] = []
         for line in lines[1:-1]:  # the last piece is "" or a line cut short
@@ -82,8 +85,10 @@ class FeatureWriter:
         self.rows = sum(1 for line in kept if json.loads(line).get("row") is not None)
         self.failed = len(kept) - self.rows
         self.done = len(kept)
-        self.records_partial.write_text("\n".join([lines[0], *kept]) + "\n")
-        with open(self.rows_partial, "r+b") as file:
+        with open_own(self.records_partial, "r+b") as file:
+            file.write(("\n".join([lines[0], *kept]) + "\n").encode())
+            file.truncate()
+        with open_own(self.rows_partial, "r+b") as file:
             file.truncate(self.rows * self.dim * 4)
 
     def write(self, paths: list[str], labels: list[str | None], embeddings: np.ndarray, errors: list[str | None],
@@ -107,7 +112,7 @@ class FeatureWriter:
                 record = {"row": None, "path": path, "class": label, "error": error}
                 self.failed += 1
             lines.append(json.dumps(record))
-        self._records_file.write("\n".join(lines) + "\n")
+        self._records_file.write(("\n".join(lines) + "\n").encode())
         self._records_file.flush()
         os.fsync(self._records_file.fileno())
         self.done += len(paths)
@@ -122,9 +127,9 @@ class FeatureWriter:
         summary = {"summary": {"rows": self.rows, "failed": self.failed, "dim": self.dim}}
         with replaced_together(self.out, self.sidecar) as (features, sidecar):
             np.lib.format.write_array_header_1_0(features, header_shape)
-            with open(self.rows_partial, "rb") as rows:
+            with open_own(self.rows_partial, "rb") as rows:
                 shutil.copyfileobj(rows, features, 1 << 22)
-            with open(self.records_partial, "rb") as records:
+            with open_own(self.records_partial, "rb") as records:
                 shutil.copyfileobj(records, sidecar, 1 << 22)
             sidecar.write((json.dumps(summary) + "\n").encode())
         self.rows_partial.unlink()
