@@ -179,3 +179,32 @@ def test_an_impossible_nlist_is_named(nlist: int) -> None:
     vectors = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)
     with pytest.raises(ValueError, match=f"--nlist {nlist}: must be 1 to the number of vectors \\(5000\\)"):
         build_index(vectors, "ivf", nlist=nlist)
+
+
+def test_removed_images_stay_out_through_every_rebuild(tiny_repo: Path, real_photos: Path, tmp_path: Path) -> None:
+    from simclr.search.query import open_index
+    from simclr.search.store import read_manifest
+
+    features = tmp_path / "feats.npy"
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    embed_images([real_photos / "sample"], features, encoder, workers=0, progress=False)
+    assert _cli("index", str(features), "--kind", "flat").exit_code == 0
+    gone = load_features(features).paths[2]
+    assert _cli("index", str(features), "--remove", gone).exit_code == 0
+
+    def searchable() -> set[str]:
+        loaded, index = open_index(features)
+        _, rows = search(index, np.eye(1, index.d, dtype=np.float32), index.ntotal)
+        assert all(row not in loaded.removed for row in rows[0])
+        return {loaded.paths[row] for row in rows[0] if row >= 0}
+
+    assert gone not in searchable()
+    assert _cli("index", str(features), "--kind", "flat").exit_code == 0  # an explicit rebuild
+    assert gone not in searchable() and gone in read_manifest(index_path(features)).removed_paths
+    embed_images([real_photos / "sample"], features, encoder, workers=0, progress=False)  # now stale: rebuilt exact
+    assert gone not in searchable()
+    hnsw = _cli("index", str(features), "--kind", "hnsw")
+    assert hnsw.exit_code == 1 and "--forget-removed" in hnsw.output and hnsw.output.count("\n") == 1
+    assert gone not in searchable()  # the refused rebuild left the index as it was
+    assert _cli("index", str(features), "--kind", "flat", "--forget-removed").exit_code == 0
+    assert gone in searchable()

@@ -45,6 +45,8 @@ def index_command(
                    ] = None,
     remove: Annotated[list[str] | None, Option(help="Take the rows of these image paths out of the existing index "
                                                     "(not possible for hnsw). Repeatable.")] = None,
+    forget_removed: Annotated[bool, Option(help="When rebuilding, index again the images that --remove took out of "
+                                                "the index being replaced (by default they stay out).")] = False,
     json_output: Annotated[bool, Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Build the FAISS index of feats.npy (cosine similarity) and save it beside it as feats.faiss, with its
@@ -74,7 +76,7 @@ def index_command(
                 typer.echo(message)
             return
         budget = parse_size(memory_budget) if memory_budget else None
-        path, report = build_index_files(features, out, kind=kind, nlist=nlist, pq_bytes=pq_bytes,
+        path, report = build_index_files(features, out, forget_removed, kind=kind, nlist=nlist, pq_bytes=pq_bytes,
                                          target_recall=target_recall, memory_budget=budget,
                                          max_query_ms=max_query_ms)
     if json_output:

@@ -50,14 +50,42 @@ def _headers(parts: list[Path]) -> list[FeaturesHeader | None]:
     return headers
 
 
-def build_index_files(parts: list[Path], index_file: Path | None = None, **options) -> tuple[Path, IndexReport]:
-    """Build and save the index of the features files `parts` (rows in that order); `options` go to build_index."""
+def build_index_files(parts: list[Path], index_file: Path | None = None, forget_removed: bool = False,
+                      **options) -> tuple[Path, IndexReport]:
+    """Build and save the index of the features files `parts` (rows in that order); `options` go to build_index.
+    Images taken out of the index this replaces (`simclr index --remove`) stay out, unless `forget_removed`."""
     parts = [Path(part) for part in parts]
     _headers(parts)
     index_file = Path(index_file or default_index_file(parts))
+    removed_paths = () if forget_removed else removals_of(index_file)
     index, report = build_index(vector_source(parts), **options)
-    save_index(index, parts, report, index_file=index_file)
+    save_index(index, parts, report, leave_out(index, parts, removed_paths), index_file, removed_paths)
     return index_file, report
+
+
+def removals_of(index_file: Path) -> tuple[str, ...]:
+    """The images taken out of the index at `index_file` (its manifest's record; none when there is no readable
+    one)."""
+    try:
+        return read_manifest(index_file).removed_paths
+    except StaleIndexError:
+        return ()
+
+
+def leave_out(index, parts: list[Path], removed_paths: tuple[str, ...]) -> tuple[int, ...]:
+    """Take the rows of `removed_paths` out of a freshly built `index` of `parts`; the row ids taken out.
+    ValueError for an HNSW index (it cannot remove) that would have to."""
+    if not removed_paths:
+        return ()
+    keys = set(removed_paths)
+    rows = [row for row, path in enumerate(load_parts(parts).paths) if path_key(path) in keys]
+    if rows:
+        try:
+            remove_rows(index, rows)
+        except ValueError as error:
+            raise ValueError(f"{len(rows)} images were taken out of this index with --remove and must stay out, "
+                             f"but {error}; or give --forget-removed to index them again") from None
+    return tuple(rows)
 
 
 def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
@@ -73,7 +101,7 @@ def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
     if source.dim != index.d:
         raise ValueError(f"--add: rows of {source.dim} dimensions, {index_file} holds {index.d}")
     add_vectors(index, source, sum(part.rows for part in manifest.parts))
-    save_index(index, parts + new_parts, manifest.report, manifest.removed, index_file)
+    save_index(index, parts + new_parts, manifest.report, manifest.removed, index_file, manifest.removed_paths)
     return read_manifest(index_file)
 
 
@@ -94,8 +122,9 @@ def remove_index_paths(index_file: Path, paths: list[str]) -> tuple[IndexManifes
     removing = [row for row in wanted if row not in already_out]
     if removing:
         remove_rows(index, removing)
+        gone = (*manifest.removed_paths, *(path_key(features.paths[row]) for row in removing))
         save_index(index, manifest.part_paths(index_file.parent), manifest.report, (*manifest.removed, *removing),
-                   index_file)
+                   index_file, gone)
     skipped = [path for path in paths if all(row in already_out for row in rows[path_key(path)])]
     return read_manifest(index_file), skipped
 
@@ -123,4 +152,4 @@ def index_after_merge(parts: list[Path], merged: Path, part_rows: dict[Path, np.
         log.warning("%s: %s; the index is left as it was", index_file, error)
         return None
     return save_index(index, merged, manifest.report, tuple(int(new_ids[row]) for row in manifest.removed),
-                      index_path(merged))
+                      index_path(merged), manifest.removed_paths)

@@ -13,6 +13,7 @@ from simclr.embed.encoder import Encoder, EncoderSpec, same_model
 from simclr.embed.features import Features, load_parts
 from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import EXACT_UP_TO, build_index, search
+from simclr.search.indexing import leave_out, removals_of
 from simclr.search.store import StaleIndexError, index_path, load_index, read_manifest, save_index
 from simclr.search.vectors import vector_source
 
@@ -74,10 +75,12 @@ def open_index(path: Path, kind: str = "flat", mmap: bool = True) -> tuple[Featu
             raise StaleIndexError(f"{stale}: rebuild it with `simclr index {rebuild}`") from None
         log.warning("%s; rebuilding it (exact)", stale)
         kind = "flat"
+    removed_paths = removals_of(index_file)  # a rebuild keeps what --remove took out
     index, report = build_index(vector_source(parts), kind=kind)
-    save_index(index, parts, report, index_file=index_file)
+    removed = leave_out(index, parts, removed_paths)
+    save_index(index, parts, report, removed, index_file, removed_paths)
     log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, index_file)
-    return features, index
+    return dataclasses.replace(features, removed=frozenset(removed)), index
 
 
 def query_encoder(features: Features, spec: EncoderSpec) -> Encoder:

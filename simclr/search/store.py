@@ -82,6 +82,7 @@ class IndexManifest:
     vectors: int
     dim: int
     report: dict | None  # how it was built: kind, parameters, recall, query time, memory
+    removed_paths: tuple[str, ...] = ()  # the images taken out (path keys): a rebuild leaves them out again
 
     def part_paths(self, folder: Path) -> list[Path]:
         return [part.features.path(folder) for part in self.parts]
@@ -96,14 +97,14 @@ class IndexManifest:
         return cls(FileStamp(**record["index"]),
                    tuple(Part(FileStamp(**part["features"]), int(part["rows"])) for part in record["parts"]),
                    tuple(int(row) for row in record["removed"]), int(record["vectors"]), int(record["dim"]),
-                   record.get("report"))
+                   record.get("report"), tuple(str(path) for path in record.get("removed_paths", ())))
 
 
 def save_index(index, parts: Path | list[Path], report=None, removed: tuple[int, ...] = (),
-               index_file: Path | None = None) -> Path:
+               index_file: Path | None = None, removed_paths: tuple[str, ...] = ()) -> Path:
     """Write `index` (atomically, streamed: no copy of it in memory) and then its manifest, which binds it to the
-    features files `parts` (one path: the index goes beside it as feats.faiss) and the `removed` row ids; the
-    report gets the index file's size. Returns the index path."""
+    features files `parts` (one path: the index goes beside it as feats.faiss), the `removed` row ids and the
+    `removed_paths` they are the images of; the report gets the index file's size. Returns the index path."""
     import faiss
 
     parts = [Path(part) for part in ([parts] if isinstance(parts, str | os.PathLike) else parts)]
@@ -119,7 +120,8 @@ def save_index(index, parts: Path | list[Path], report=None, removed: tuple[int,
                              tuple(Part(FileStamp.of(path, folder), count) for path, count in zip(parts, rows,
                                                                                                   strict=True)),
                              tuple(sorted(removed)), index.ntotal, index.d,
-                             report and {**report, "index_bytes": index_file.stat().st_size})
+                             report and {**report, "index_bytes": index_file.stat().st_size},
+                             tuple(sorted(set(removed_paths))))
     atomic_write_text(manifest_path(index_file), json.dumps(manifest.to_json(), indent=2) + "\n")
     return index_file
 
