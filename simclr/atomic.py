@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +40,8 @@ def replaced_together(*paths: Path) -> Iterator[list[BinaryIO]]:
             if path.is_dir():
                 raise IsADirectoryError(f"{path}: is a folder (name a file to write)")
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            _remove_dead_temporaries(path)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
             staged.append((Path(temporary), os.fdopen(handle, "wb")))
             os.chmod(temporary, default_mode())
         yield [file for _, file in staged]
@@ -58,6 +61,33 @@ def replaced_together(*paths: Path) -> Iterator[list[BinaryIO]]:
                 file.close()
             temporary.unlink(missing_ok=True)
         raise
+
+
+def _temporary_prefix(path: Path, pid: int | None = None) -> str:
+    """.NAME.HOST.PID- : whose temporary file it is, so that one left by a killed writer can be told apart."""
+    return f".{path.name}.{socket.gethostname()}.{os.getpid() if pid is None else pid}-"
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove the temporary files of `path` that writers on this machine, killed before they could (SIGKILL, OOM,
+    a power loss), left beside it: each may be a whole copy of the output. A live writer's, or another machine's
+    (a shared folder), are left alone."""
+    mine = f".{path.name}.{socket.gethostname()}."
+    for temporary in path.parent.glob(f"{glob.escape(mine)}*-*.tmp"):
+        pid = temporary.name[len(mine):].split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and temporary.lstat().st_uid == os.getuid() and not _alive(int(pid)):
+                temporary.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _sync_folder(folder: Path) -> None:
