@@ -208,3 +208,21 @@ def test_removed_images_stay_out_through_every_rebuild(tiny_repo: Path, real_pho
     assert gone not in searchable()  # the refused rebuild left the index as it was
     assert _cli("index", str(features), "--kind", "flat", "--forget-removed").exit_code == 0
     assert gone in searchable()
+
+
+def test_add_refuses_bare_vectors_and_images_already_in_and_remove_counts_each_image_once(
+        tiny_repo: Path, real_photos: Path, tmp_path: Path) -> None:
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    features, copy = tmp_path / "feats.npy", tmp_path / "copy.npy"
+    for out in (features, copy):
+        embed_images([real_photos / "sample"], out, encoder, workers=0, progress=False)
+    assert _cli("index", str(features), "--kind", "flat").exit_code == 0
+    np.save(tmp_path / "bare.npy", np.ones((3, encoder.identity.embedding_dim), np.float32))
+    for added, words in (("bare.npy", "bare vectors (no sidecar) cannot join"), ("copy.npy", "in the index already")):
+        refused = _cli("index", str(features), "--add", str(tmp_path / added))
+        assert refused.exit_code == 1 and words in refused.output and refused.output.count("\n") == 1, refused.output
+    path = load_features(features).paths[0]
+    twice = _cli("index", str(features), "--remove", path, "--remove", str(Path(path).parent / "." / Path(path).name),
+                 "--json")
+    assert twice.exit_code == 0 and json.loads(twice.stdout)["removed"] == 1
+    assert _cli("index", str(features), "--add", str(copy)).exit_code == 1  # still: its other images are in

@@ -51,6 +51,7 @@ def index_command(
 ) -> None:
     """Build the FAISS index of feats.npy (cosine similarity) and save it beside it as feats.faiss, with its
     manifest feats.faiss.json (the features it indexes, checksums, how it was built); or change an index."""
+    from simclr.embed.features import path_key
     from simclr.search.indexing import add_index_files, build_index_files, default_index_file, remove_index_paths
     from simclr.search.plan import format_size, parse_size
 
@@ -65,6 +66,7 @@ def index_command(
                 summary = {"index": str(target), "added": [str(path) for path in add], "vectors": manifest.vectors}
                 message = f"added {', '.join(map(str, add))}: {manifest.vectors} vectors -> {target}"
             if remove:
+                remove = list({path_key(path): path for path in remove}.values())
                 manifest, skipped = remove_index_paths(target, remove)
                 summary = {"index": str(target), "removed": len(remove) - len(skipped), "already_removed": skipped,
                            "vectors": manifest.vectors}

@@ -96,6 +96,7 @@ def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
     new_parts = [Path(part) for part in new_parts]
     if already := {part.resolve() for part in parts} & {part.resolve() for part in new_parts}:
         raise ValueError(f"--add {', '.join(map(str, already))}: already in {index_file}")
+    _check_addition(parts, new_parts, manifest.removed)
     _headers(parts + new_parts)
     source = vector_source(new_parts)
     if source.dim != index.d:
@@ -105,9 +106,28 @@ def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
     return read_manifest(index_file)
 
 
+def _check_addition(parts: list[Path], new_parts: list[Path], removed: tuple[int, ...]) -> None:
+    """ValueError unless `new_parts` can join an index of `parts`: bare vectors only beside bare vectors (readers
+    need every row's path), and no image that is indexed already (it would be found twice)."""
+    if not any(sidecar_path(part).is_file() for part in parts):
+        return
+    bare = [part for part in new_parts if Path(part).is_file() and not sidecar_path(part).is_file()]
+    if bare:
+        raise ValueError(f"--add {bare[0]}: bare vectors (no sidecar) cannot join an index of embedded images, "
+                         "whose readers need each row's path; embed those images with simclr-embed")
+    out = set(removed)
+    indexed = {path_key(path) for row, path in enumerate(load_parts(parts).paths) if row not in out}
+    again = [path for path in load_parts(new_parts).paths if path_key(path) in indexed]
+    if again:
+        raise ValueError(f"--add: {len(again)} of its images are in the index already (e.g. {again[0]}); an image "
+                         "is indexed once (--remove it first to replace it)")
+
+
 def remove_index_paths(index_file: Path, paths: list[str]) -> tuple[IndexManifest, list[str]]:
     """Take the rows of the images at `paths` out of the index; the manifest records them. Returns the manifest and
-    the paths that were already out. ValueError names paths that were never indexed (nothing is changed)."""
+    the paths that were already out (a path given twice counts once). ValueError names paths that were never
+    indexed (nothing is changed)."""
+    paths = list({path_key(path): path for path in paths}.values())  # each image once, however it is spelt
     index, manifest = load_index(index_file, mmap=False)
     features = load_parts(manifest.part_paths(index_file.parent))
     rows: dict[str, list[int]] = {}
