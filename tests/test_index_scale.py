@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,39 @@ def test_an_index_opens_memory_mapped(tmp_path: Path) -> None:
     read, _ = load_index(tmp_path / "m.faiss", mmap=False)
     queries = vectors[:20]
     np.testing.assert_array_equal(search(mapped, queries, 5)[1], search(read, queries, 5)[1])
+
+
+def test_an_index_write_killed_at_any_moment_leaves_a_usable_index(tmp_path: Path) -> None:
+    from simclr.search.indexing import build_index_files
+
+    for name in ("base", "extra"):
+        np.save(tmp_path / f"{name}.npy", _clustered(150_000, 96))  # 58 MB each: hashing them takes a while
+    index_file, _ = build_index_files([tmp_path / "base.npy"], kind="flat")
+    saved = {path: path.read_bytes() for path in (index_file, Path(f"{index_file}.json"))}
+    command = [sys.executable, "-m", "simclr", "index", str(index_file), "--add", str(tmp_path / "extra.npy")]
+
+    def write(kill_after: float | None) -> float:
+        """Restore the first pair, run --add, and SIGKILL it `kill_after` seconds after its new index file
+        appears (None: let it finish); the seconds from then to its end."""
+        for path, data in saved.items():
+            path.write_bytes(data)
+        writing = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".base.faiss.*.tmp")) and writing.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        started = time.monotonic()
+        if kill_after is not None:
+            time.sleep(kill_after)
+            writing.send_signal(signal.SIGKILL)
+        writing.wait()
+        return time.monotonic() - started
+
+    whole = write(None)  # writing the index, hashing, switching
+    outcomes = set()
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.85, 0.95):
+        write(fraction * whole)
+        index, manifest = load_index(index_file)  # the old pair or the new one, whole: never "damaged"
+        assert index.ntotal == manifest.vectors in (150_000, 300_000)
+        outcomes.add(index.ntotal)
+    assert 150_000 in outcomes  # at least one kill landed before the switch

@@ -9,6 +9,7 @@ it is opened memory-mapped, so an index larger than memory can be searched.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.atomic import atomic_write_bytes, atomic_write_text
+from simclr.atomic import replaced_together
 from simclr.errors import first_line
 from simclr.export.layout import sha256_of
 
@@ -48,10 +49,13 @@ class FileStamp:
     sha256: str
 
     @classmethod
-    def of(cls, path: Path, folder: Path, sha256: str | None = None) -> FileStamp:
+    def of(cls, path: Path, folder: Path, sha256: str | None = None, known: FileStamp | None = None) -> FileStamp:
+        """The stamp of `path` now; `known` (its earlier stamp) is taken as it is when size and time still match,
+        so that a file is not hashed again."""
         stat = path.stat()
-        absolute, base = path.resolve(), folder.resolve()
-        name = str(absolute.relative_to(base)) if absolute.is_relative_to(base) else str(absolute)
+        name = _name_in(path, folder)
+        if known is not None and (known.name, known.size, known.mtime_ns) == (name, stat.st_size, stat.st_mtime_ns):
+            return known
         return cls(name, stat.st_size, stat.st_mtime_ns, sha256 or sha256_of(path))
 
     def path(self, folder: Path) -> Path:
@@ -66,6 +70,12 @@ class FileStamp:
             return False
         return (stat.st_size, stat.st_mtime_ns) == (self.size, self.mtime_ns) or (
             stat.st_size == self.size and sha256_of(path) == self.sha256)
+
+
+def _name_in(path: Path, folder: Path) -> str:
+    """`path` relative to the manifest's folder when inside it, else absolute."""
+    absolute, base = Path(path).resolve(), Path(folder).resolve()
+    return str(absolute.relative_to(base)) if absolute.is_relative_to(base) else str(absolute)
 
 
 @dataclass(frozen=True)
@@ -102,27 +112,45 @@ class IndexManifest:
 
 def save_index(index, parts: Path | list[Path], report=None, removed: tuple[int, ...] = (),
                index_file: Path | None = None, removed_paths: tuple[str, ...] = ()) -> Path:
-    """Write `index` (atomically, streamed: no copy of it in memory) and then its manifest, which binds it to the
-    features files `parts` (one path: the index goes beside it as feats.faiss), the `removed` row ids and the
-    `removed_paths` they are the images of; the report gets the index file's size. Returns the index path."""
+    """Write `index` and its manifest, which binds it to the features files `parts` (one path: the index goes
+    beside it as feats.faiss), the `removed` row ids and the `removed_paths` they are the images of; the report
+    gets the index file's size. Returns the index path.
+
+    Interrupted at any moment (Ctrl-C, SIGKILL, a full disk), the previous index and manifest stay whole and usable:
+    the features are hashed first (only those changed since the previous manifest), the index is hashed as it
+    streams into a temporary file beside the old one, and the new pair replaces the old one only when both are
+    written and synced, by two renames back to back."""
     import faiss
 
     parts = [Path(part) for part in ([parts] if isinstance(parts, str | os.PathLike) else parts)]
     index_file = Path(index_file or index_path(parts[0]))
-    atomic_write_bytes(index_file, lambda file: faiss.write_index(index, faiss.PyCallbackIOWriter(file.write)))
     folder = index_file.parent
     rows = [np.load(path, mmap_mode="r").shape[0] for path in parts]
     if sum(rows) != index.ntotal + len(removed):
         raise ValueError(f"{index_file}: {index.ntotal} rows (and {len(removed)} removed) for features of "
                          f"{sum(rows)} rows")
+    try:
+        known = {part.features.name: part.features for part in read_manifest(index_file).parts}
+    except StaleIndexError:
+        known = {}
+    stamps = [FileStamp.of(path, folder, known=known.get(_name_in(path, folder))) for path in parts]
     report = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
-    manifest = IndexManifest(FileStamp.of(index_file, folder),
-                             tuple(Part(FileStamp.of(path, folder), count) for path, count in zip(parts, rows,
-                                                                                                  strict=True)),
-                             tuple(sorted(removed)), index.ntotal, index.d,
-                             report and {**report, "index_bytes": index_file.stat().st_size},
-                             tuple(sorted(set(removed_paths))))
-    atomic_write_text(manifest_path(index_file), json.dumps(manifest.to_json(), indent=2) + "\n")
+    with replaced_together(index_file, manifest_path(index_file)) as (index_out, manifest_out):
+        digest = hashlib.sha256()
+
+        def write(data: bytes) -> int:
+            digest.update(data)
+            return index_out.write(data)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # streamed: no copy of the index in memory
+        index_out.flush()
+        written = os.fstat(index_out.fileno())  # a rename keeps the size and the time
+        stamp = FileStamp(_name_in(index_file, folder), written.st_size, written.st_mtime_ns, digest.hexdigest())
+        manifest = IndexManifest(stamp, tuple(Part(part, count) for part, count in zip(stamps, rows, strict=True)),
+                                 tuple(sorted(removed)), index.ntotal, index.d,
+                                 report and {**report, "index_bytes": written.st_size},
+                                 tuple(sorted(set(removed_paths))))
+        manifest_out.write((json.dumps(manifest.to_json(), indent=2) + "\n").encode())
     return index_file
 
 
