@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,34 @@ def test_shard_option_is_checked() -> None:
     for bad in ("8/8", "1", "-1/2", "a/b"):
         with pytest.raises(ValueError, match=f"--shard {bad}: give K/N"):
             parse_shard(bad)
+
+
+def _cut_summary(sidecar: Path) -> None:
+    sidecar.write_text("".join(sidecar.read_text().splitlines(keepends=True)[:-1]))
+
+
+def _wrong_row(sidecar: Path) -> None:
+    lines = sidecar.read_text().splitlines(keepends=True)
+    number = next(n for n, line in enumerate(lines) if n and json.loads(line).get("row") == 1)
+    lines[number] = json.dumps({**json.loads(lines[number]), "row": 0}) + "\n"
+    sidecar.write_text("".join(lines))
+
+
+def _short_array(sidecar: Path) -> None:
+    features = sidecar.with_suffix(".npy")
+    os.truncate(features, features.stat().st_size - 4)
+
+
+@pytest.mark.parametrize("damage, words", [(_cut_summary, "no summary line"), (_wrong_row, "where row 1 comes next"),
+                                           (_short_array, "not a .npy array")])
+def test_merge_refuses_a_damaged_part_in_one_line_naming_it(collection: Path, tiny_repo: Path, tmp_path: Path,
+                                                            damage, words: str) -> None:
+    encoder = OnnxEncoder(tiny_repo / "tiny")
+    parts = [embed_images([collection], tmp_path / "feats.npy", encoder, workers=0, progress=False,
+                          shard=(job, 2)).features for job in range(2)]
+    damage(parts[1].with_suffix(".jsonl"))
+    result = CliRunner().invoke(app, ["merge", *map(str, parts), "--out", str(tmp_path / "feats.npy")])
+    assert result.exit_code == 1 and words in result.output and parts[1].stem in result.output, result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "feats.npy").exists()
+    onto = CliRunner().invoke(app, ["merge", *map(str, parts), "--out", str(parts[0])])
+    assert onto.exit_code == 1 and "is one of the parts" in onto.output

@@ -49,6 +49,8 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
     that all N parts are there, finished, from the same model, inputs and list; streams rows and records (at most
     `batch` images of each part in memory)."""
     headers = _check_parts(parts)
+    if Path(out).resolve() in {Path(part).resolve() for part in parts}:
+        raise ValueError(f"--out {out}: is one of the parts; name another file")
     first = headers[0]
     count = first.shard.count
     whole = replace(first, images=first.shard.images, listing_sha256=first.shard.listing_sha256, shard=None)
@@ -72,6 +74,8 @@ def merge_shards(parts: list[Path], out: Path, batch: int = 4096) -> MergeResult
                          [error for *_, error, _ in merged], [file for *_, file in merged])
         if any(reader.take(1) for reader in readers):
             raise ValueError("the parts hold more images than their headers say: re-run the jobs")
+        for reader in readers:
+            reader.check_finished()
         writer.finish()
     return MergeResult(writer.out, writer.sidecar, writer.rows, writer.failed, count,
                        {Path(path): np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -118,21 +122,49 @@ def _header(path: Path) -> FeaturesHeader:
 
 
 class _PartReader:
-    """A part's records in order, each with its row's vector (memory-mapped) or its error."""
+    """A part's records in order, each with its row's vector (memory-mapped) or its error, checked as they stream
+    against the part's .npy as load_features checks a features file: ValueError names the part and its line."""
 
     def __init__(self, path: Path) -> None:
-        self.vectors = np.load(path, mmap_mode="r")
+        self.path = Path(path)
+        try:
+            self.vectors = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path}: not a .npy array ({error}); re-run that job") from None
+        if self.vectors.ndim != 2:
+            raise ValueError(f"{path}: an array of shape {self.vectors.shape}, not [N, D]; re-run that job")
+        self.rows = 0  # rows read so far
+        self.summary: dict | None = None
         self.records = self._records(sidecar_path(path))
 
-    @staticmethod
-    def _records(sidecar: Path) -> Iterator[dict]:
+    def _records(self, sidecar: Path) -> Iterator[dict]:
         with open(sidecar) as file:
             file.readline()
-            for line in file:
-                record = json.loads(line)
-                if "summary" in record:
-                    return
+            for number, line in enumerate(file, start=2):
+                try:
+                    record = json.loads(line)
+                    if "summary" in record:
+                        self.summary = record["summary"]
+                        return
+                    row = record["row"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{sidecar}, line {number}: cut short or not a simclr-embed record; re-run "
+                                     "that job") from None
+                if row is not None:
+                    if row != self.rows or row >= len(self.vectors):
+                        raise ValueError(f"{sidecar}, line {number}: row {row} where row {self.rows} comes next "
+                                         f"({self.path} holds {len(self.vectors)}); re-run that job")
+                    self.rows += 1
                 yield record
+        raise ValueError(f"{sidecar}: no summary line (the job did not finish, or the file was cut short); re-run "
+                         "that job")
+
+    def check_finished(self) -> None:
+        """ValueError unless every record was read and its summary counts the part's rows."""
+        if self.summary is None or not isinstance(self.summary, dict) or \
+                self.summary.get("rows") != self.rows or self.rows != len(self.vectors):
+            raise ValueError(f"{self.path} ({len(self.vectors)} rows) and its sidecar ({self.rows} rows, summary "
+                             f"{self.summary}) do not match; re-run that job")
 
     def take(self, count: int) -> list[tuple[str, str | None, np.ndarray | None, str | None, dict | None]]:
         """(path, class, vector or None, error or None, file record or None) of the next `count` images."""
