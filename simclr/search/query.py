@@ -43,8 +43,9 @@ def open_index(path: Path, kind: str = "flat", mmap: bool = True) -> tuple[Featu
     """The features of a collection and their FAISS index (memory-mapped unless `mmap` is False). `path` is a
     features file (its index beside it: feats.faiss) or an index (.faiss: its manifest names the features files, its
     parts). When a features file has no index yet, one of `kind` is built and saved (`simclr index` builds
-    "auto"); when it is stale or damaged, an exact one replaces it (with a warning) for up to EXACT_UP_TO rows, and
-    a larger collection's is refused with the command that rebuilds it. The features' `removed` holds the rows
+    "auto"); when it is stale or damaged, an exact one is built in memory (with a warning; nothing is written, so a
+    reader never undoes a writer's work) for up to EXACT_UP_TO rows, and a larger collection's is refused with the
+    command that rebuilds it. The features' `removed` holds the rows
     taken out of the index."""
     path = Path(path)
     if path.suffix == ".faiss":
@@ -68,18 +69,21 @@ def open_index(path: Path, kind: str = "flat", mmap: bool = True) -> tuple[Featu
                                   f"removed), its features {len(features.vectors)}")
         return dataclasses.replace(features, removed=frozenset(manifest.removed)), index
     except FileNotFoundError:
-        pass
-    except StaleIndexError as stale:
+        stale = None
+    except StaleIndexError as error:
+        stale = error
+        rebuild = " ".join(map(str, parts)) + (f" --out {index_file}" if index_file != index_path(parts[0]) else "")
         if len(features.vectors) > EXACT_UP_TO:
-            rebuild = " ".join(map(str, parts)) + (f" --out {index_file}" if index_file != index_path(parts[0]) else "")
             raise StaleIndexError(f"{stale}: rebuild it with `simclr index {rebuild}`") from None
-        log.warning("%s; rebuilding it (exact)", stale)
+        # In memory only: a reader never writes over an index that a writer (simclr index --add) may be changing.
+        log.warning("%s; searching an exact index built in memory (`simclr index %s` saves one)", stale, rebuild)
         kind = "flat"
     removed_paths = removals_of(index_file)  # a rebuild keeps what --remove took out
     index, report = build_index(vector_source(parts), kind=kind)
     removed = leave_out(index, parts, removed_paths)
-    save_index(index, parts, report, removed, index_file, removed_paths)
-    log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, index_file)
+    if stale is None:  # there was no index: save the one built, as `simclr index` would
+        save_index(index, parts, report, removed, index_file, removed_paths)
+        log.info("built a %s index of %d vectors: %s", report.kind, report.vectors, index_file)
     return dataclasses.replace(features, removed=frozenset(removed)), index
 
 
