@@ -98,8 +98,9 @@ def index_command(
 def search_command(
     queries: Annotated[list[Path], typer.Argument(help="Query images, or folders of them.")],
     index: Annotated[Path, Option("--index", help="Features of the collection (feats.npy; its index feats.faiss "
-                                                  "is built (exact) and saved when missing, or built in memory when stale), "
-                                                  "or an index (.faiss) whose manifest names its features files.")
+                                                  "is built (exact) and saved when missing, or built in memory "
+                                                  "when stale), or an index (.faiss) whose manifest names its "
+                                                  "features files.")
                      ] = Path("feats.npy"),
     k: Annotated[int, Option("-k", min=1, max=1000, help="Neighbours per query.")] = 10,
     grid: Annotated[Path | None, Option(help="Also write a PNG contact sheet: each query and its neighbours.")
