@@ -50,3 +50,28 @@ def test_the_accuracy_gate_refuses_and_writes_nothing(tiny_repo: Path, shapes_fo
     assert result.exit_code == 1 and "mean cosine similarity" in result.output
     assert "nothing was written" in result.output
     assert not (repo / "tiny_int8").exists()
+
+
+def test_a_bare_onnx_a_file_that_is_not_onnx_and_too_few_images_are_one_line(tiny_repo: Path, shapes_folder: Path,
+                                                                              tmp_path: Path) -> None:
+    downloads = tmp_path / "Downloads"
+    downloads.mkdir()
+    bare = downloads / "model.onnx"
+    bare.write_bytes((tiny_repo / "tiny" / "1" / "model.onnx").read_bytes())
+    refused = _quantize(str(bare), "--calibration", str(shapes_folder))
+    assert refused.exit_code == 1 and "not a model of a repository" in refused.output, refused.output
+    assert not list(tmp_path.glob("*_int8"))
+    repo = tmp_path / "repo"
+    (repo / "junk" / "1").mkdir(parents=True)
+    (repo / "junk" / "1" / "model.onnx").write_bytes(b"not a protobuf at all")
+    refused = _quantize(str(repo / "junk"), "--calibration", str(shapes_folder))
+    assert refused.exit_code == 1 and "not an ONNX model" in refused.output and refused.output.count("\n") == 1
+    (repo / "tiny" / "1").mkdir(parents=True)
+    (repo / "tiny" / "1" / "model.onnx").write_bytes((tiny_repo / "tiny" / "1" / "model.onnx").read_bytes())
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in find_images(shapes_folder)[:4]:
+        (few / path.name).write_bytes(path.read_bytes())
+    refused = _quantize(str(repo / "tiny"), "--calibration", str(few))
+    assert refused.exit_code == 1 and "4 readable images; at least 16 are needed" in refused.output
+    assert not (repo / "tiny_int8").exists()

@@ -19,6 +19,8 @@ from simclr.export.repository import RepositoryModel, ServingOptions, add_versio
 
 log = logging.getLogger("simclr")
 HELD_OUT = 128  # images kept out of calibration for the accuracy gate
+MIN_HELD_OUT = 8  # fewer, and a mean cosine says little about the collection
+MIN_CALIBRATION = 8
 
 
 class QuantizationError(ValueError):
@@ -45,15 +47,24 @@ def quantize_to_repository(fp32_model: Path, calibration: Path, images: int = 51
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     fp32_model = Path(fp32_model)
-    model = onnx.load(str(fp32_model))
+    if fp32_model.name != "model.onnx" or not fp32_model.parent.name.isdigit() or len(fp32_model.parents) < 3:
+        raise QuantizationError(f"{fp32_model}: not a model of a repository (REPO/NAME/VERSION/model.onnx, where "
+                                "NAME_int8 is written beside NAME); `simclr export RUN --repo REPO` writes one")
+    try:
+        model = onnx.load(str(fp32_model))
+    except Exception as error:  # protobuf's DecodeError and kin: the file is not ONNX
+        raise QuantizationError(f"{fp32_model}: not an ONNX model ({type(error).__name__})") from None
     metadata = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, fp32_model)
     if metadata.precision != "fp32":
         raise QuantizationError(f"{fp32_model}: a {metadata.precision} model; quantize the FP32 export")
     pixels = _decoded(calibration, metadata.image_size, images + HELD_OUT)
-    if len(pixels) < 2:
-        raise QuantizationError(f"--calibration {calibration}: needs at least 2 readable images")
-    held_out = pixels[min(images, len(pixels) - 1):][:HELD_OUT]
-    calibrating = pixels[:min(images, len(pixels) - 1)]
+    held = min(HELD_OUT, max(MIN_HELD_OUT, len(pixels) - images))  # the gate's images, after the calibration's
+    if len(pixels) < held + MIN_CALIBRATION:
+        raise QuantizationError(f"--calibration {calibration}: {len(pixels)} readable images; at least "
+                                f"{MIN_CALIBRATION + MIN_HELD_OUT} are needed ({MIN_CALIBRATION} to calibrate on, "
+                                f"{MIN_HELD_OUT} held out for the accuracy gate)")
+    calibrating = pixels[:min(images, len(pixels) - held)]
+    held_out = pixels[len(calibrating):][:held]
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
