@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,17 @@ def test_a_labels_file_of_other_data_is_refused(labelled_folder: Path, tmp_path:
                      "--out", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert f"{labels}:2: image 'red/00.png' has class 'red' here, not 'green'" in result.output
+
+
+@pytest.mark.parametrize("bad_name", ["line\nbreak", os.fsdecode(b"caf\xe9")])
+def test_a_class_folder_name_that_cannot_be_one_line_is_refused_naming_it(contract_run: Path, labelled_folder: Path,
+                                                                          tmp_path: Path, bad_name: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(labelled_folder, data)
+    first = sorted((data / "train").iterdir())[0]
+    first.rename(first.with_name(bad_name))
+    result = _invoke(str(contract_run), "--data", str(data), "--labels-per-class", "4", *QUICK,
+                     "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "has a tab, a line break" in result.output, result.output
+    assert repr(bad_name) in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -66,6 +66,8 @@ def data_split(data: str, data_root: Path | None, train: bool, size: int, worker
     listed = [(path, class_of(path, root)) for path in find_images(root)]
     listed = [(path, name) for path, name in listed if name is not None]
     names = classes or tuple(sorted({name for _, name in listed}))
+    for name in names:
+        _check_class_name(name, root)
     index = {name: i for i, name in enumerate(names)}
     listed = [(path, name) for path, name in listed if name in index]
     if len(names) < 2 or not listed:
@@ -97,6 +99,20 @@ def balanced_rows(labels: np.ndarray, num_classes: int, per_class: int, seed: in
 def per_class_for_fraction(fraction: float, total: int, num_classes: int) -> int:
     """Images per class that make `fraction` of `total` (at least one)."""
     return max(1, round(fraction * total / num_classes))
+
+
+def _check_class_name(name: str, root: Path) -> None:
+    """ValueError naming the folder when a class name cannot be one line of labels.txt and labelled_images.txt: a
+    tab, a line break or another control character, or a byte that is not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        readable = False
+    else:
+        readable = not any(ord(character) < 32 or ord(character) == 127 for character in name)
+    if not readable:
+        raise ValueError(f"{root}: the class folder {name!r} has a tab, a line break, a control character or a byte "
+                         "that is not UTF-8 in its name; rename it (a class is one line of labels.txt)")
 
 
 def write_labels_file(path: Path, labelled: LabelledImages, description: str) -> None:
