@@ -330,20 +330,41 @@ def test_embed_refuses_a_link_planted_as_its_partial_file_in_one_line(tiny_repo:
     assert victim.read_text() == "another user's work\n"
 
 
-def test_a_sigterm_stops_embed_in_one_line_and_resume_finishes_it(tiny_repo: Path, tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
+def _slow_embed(tiny_repo: Path, folder: Path) -> tuple[list[str], subprocess.Popen]:
+    """A `simclr embed` of 600 photos 4 at a time (arguments, process), returned once its first rows are on disk."""
+    photos = folder / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
     for number in range(600):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photos / f"{number:03d}.jpg")
-    command = ["embed", str(photos), "--model", str(tiny_repo / "tiny"), "--out", str(tmp_path / "feats.npy"),
+    command = ["embed", str(photos), "--model", str(tiny_repo / "tiny"), "--out", str(folder / "feats.npy"),
                "--workers", "0", "--batch-size", "4"]
     running = subprocess.Popen([sys.executable, "-m", "simclr", *command], stderr=subprocess.PIPE, text=True)
-    partial = tmp_path / "feats.npy.partial"
+    partial = folder / "feats.npy.partial"
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size > 0):
         assert running.poll() is None and time.monotonic() < deadline, running.stderr.read()
         time.sleep(0.02)
+    return command, running
+
+
+def test_a_second_writer_of_one_output_is_refused_naming_the_first(tiny_repo: Path, tmp_path: Path) -> None:
+    command, first = _slow_embed(tiny_repo, tmp_path)
+    try:
+        second = _simclr(*command, "--resume")
+        last = second.stderr.strip().splitlines()[-1]
+        assert second.returncode == 1 and f"being written by process {first.pid}" in last, second.stderr
+    finally:
+        first.kill()  # kill -9: its lock goes with it
+        first.wait()
+    resumed = _simclr(*command, "--resume", "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["rows"] == 600, resumed.stderr
+    assert not (tmp_path / "feats.npy.lock").exists()
+
+
+def test_a_sigterm_stops_embed_in_one_line_and_resume_finishes_it(tiny_repo: Path, tmp_path: Path) -> None:
+    command, running = _slow_embed(tiny_repo, tmp_path)
+    partial = tmp_path / "feats.npy.partial"
     running.send_signal(signal.SIGTERM)
     assert running.wait(timeout=30) == 128 + signal.SIGTERM
     last = running.stderr.read().strip().splitlines()[-1]

@@ -35,3 +35,35 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write_and_no_one_else
     atomic_write_bytes(out, lambda file: file.write(b"done"))
     assert out.read_bytes() == b"done" and not left.exists()
     assert sorted(tmp_path.glob(".feats.npy.*.tmp")) == sorted([live, elsewhere])
+
+
+HOLDER = """
+import sys, time
+from simclr.locks import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_index_and_train_outputs_have_one_writer(image_folder: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from simclr.cli.app import app
+
+    np.save(tmp_path / "feats.npy", np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
+    for output, command in ((tmp_path / "feats.faiss", ["index", str(tmp_path / "feats.npy")]),
+                            (tmp_path / "run", ["train", "--data", str(image_folder), "--out", str(tmp_path / "run"),
+                                                "--width", "0.0625", "--image-size", "16", "--batch-size", "2",
+                                                "--max-steps", "1", "--workers", "0"])):
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(output)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            refused = CliRunner().invoke(app, command)
+            assert refused.exit_code == 1 and f"being written by process {holder.pid}" in refused.output, \
+                refused.output
+        finally:
+            holder.kill()
+            holder.wait()
+    assert CliRunner().invoke(app, ["index", str(tmp_path / "feats.npy")]).exit_code == 0  # the dead one's lock

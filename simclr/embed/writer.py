@@ -7,6 +7,7 @@ no file that looks valid, and `resume` continues from the partial files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 
 from simclr.atomic import create_own, open_own, replaced_together
 from simclr.embed.sidecar import FeaturesHeader, sidecar_path
+from simclr.locks import output_lock
 
 
 def features_out(out: Path) -> Path:
@@ -36,6 +38,15 @@ class FeatureWriter:
         self.rows_partial = Path(f"{self.out}.partial")
         self.records_partial = Path(f"{self.sidecar}.partial")
         self.header = header
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(output_lock(self.out))  # one writer per output, until the writer's block ends
+        try:
+            self._open(resume)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, resume: bool) -> None:
         self.rows = 0
         self.done = 0  # images handled (embedded or failed): where a resumed run starts
         self.failed = 0
@@ -140,8 +151,9 @@ class FeatureWriter:
             self._rows_file.close()
             self._records_file.close()
 
-    def __enter__(self) -> FeatureWriter:
-        return self
-
     def __exit__(self, *exc) -> None:
         self.close()
+        self._lock.close()
+
+    def __enter__(self) -> FeatureWriter:
+        return self

@@ -28,6 +28,7 @@ from simclr.export.layout import (
 )
 from simclr.export.onnx_export import ExportedModel, export_onnx
 from simclr.lifetime import remove_orphaned
+from simclr.locks import output_lock
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -115,7 +116,12 @@ def add_version(repo: Path, name: str, options: ServingOptions, write: Callable[
     check_model_name(name)
     if options.max_batch_size < 1 or options.instances < 1:
         raise ValueError("--max-batch-size and --instances must be at least 1")
-    model_dir = Path(repo) / name
+    with output_lock(Path(repo) / name):  # two exports of one name would both take the next version
+        return _add_version(Path(repo) / name, name, options, write, classes)
+
+
+def _add_version(model_dir: Path, name: str, options: ServingOptions, write: Callable[[Path], ExportedModel],
+                 classes: tuple[str, ...]) -> RepositoryModel:
     created_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_orphaned(model_dir.glob(".export-*-*"))  # scratch folders of exports killed midway

@@ -12,6 +12,7 @@ import numpy as np
 from simclr.embed.features import load_parts, path_key
 from simclr.embed.shards import PART_PATTERN
 from simclr.embed.sidecar import FeaturesHeader, read_header, sidecar_path
+from simclr.locks import output_lock
 from simclr.search.index import IndexReport, add_vectors, build_index, remove_rows, renumber_rows
 from simclr.search.store import IndexManifest, StaleIndexError, index_path, load_index, read_manifest, save_index
 from simclr.search.vectors import vector_source
@@ -57,9 +58,10 @@ def build_index_files(parts: list[Path], index_file: Path | None = None, forget_
     parts = [Path(part) for part in parts]
     _headers(parts)
     index_file = Path(index_file or default_index_file(parts))
-    removed_paths = () if forget_removed else removals_of(index_file)
-    index, report = build_index(vector_source(parts), **options)
-    save_index(index, parts, report, leave_out(index, parts, removed_paths), index_file, removed_paths)
+    with output_lock(index_file):
+        removed_paths = () if forget_removed else removals_of(index_file)
+        index, report = build_index(vector_source(parts), **options)
+        save_index(index, parts, report, leave_out(index, parts, removed_paths), index_file, removed_paths)
     return index_file, report
 
 
@@ -91,6 +93,11 @@ def leave_out(index, parts: list[Path], removed_paths: tuple[str, ...]) -> tuple
 def add_index_files(index_file: Path, new_parts: list[Path]) -> IndexManifest:
     """Append the rows of `new_parts` to the index (no rebuild: an IVF index puts them in its trained lists) and to
     its manifest. They must come from the model of the indexed parts (or be bare vectors of the same width)."""
+    with output_lock(index_file):
+        return _add(Path(index_file), new_parts)
+
+
+def _add(index_file: Path, new_parts: list[Path]) -> IndexManifest:
     index, manifest = load_index(index_file, mmap=False)
     parts = manifest.part_paths(index_file.parent)
     new_parts = [Path(part) for part in new_parts]
@@ -127,6 +134,11 @@ def remove_index_paths(index_file: Path, paths: list[str]) -> tuple[IndexManifes
     """Take the rows of the images at `paths` out of the index; the manifest records them. Returns the manifest and
     the paths that were already out (a path given twice counts once). ValueError names paths that were never
     indexed (nothing is changed)."""
+    with output_lock(index_file):
+        return _remove(Path(index_file), paths)
+
+
+def _remove(index_file: Path, paths: list[str]) -> tuple[IndexManifest, list[str]]:
     paths = list({path_key(path): path for path in paths}.values())  # each image once, however it is spelt
     index, manifest = load_index(index_file, mmap=False)
     features = load_parts(manifest.part_paths(index_file.parent))

@@ -7,6 +7,7 @@ the host never waits for the device in between."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from simclr.atomic import atomic_write_text
+from simclr.locks import output_lock
 from simclr.plots import plot_training_curves
 from simclr.progress import progress_bar, significant
 from simclr.train import distributed
@@ -106,6 +108,11 @@ class EpochLoop(ABC):
     def run_epochs(self) -> tuple[tuple[float, ...], float]:
         """Train to the end (config.json, metrics, checkpoints, curves); returns the last step's values and the
         images per second of this call."""
+        # One run writes a run directory at a time (rank 0 holds the lock for all of them).
+        with output_lock(self.out) if self.is_main else contextlib.nullcontext():
+            return self._run_all()
+
+    def _run_all(self) -> tuple[tuple[float, ...], float]:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / CONFIG_NAME, self.config.to_json())
