@@ -1,11 +1,12 @@
-# make test: ruff + pytest;  make demo: the end-to-end demo;  make bench: benchmarks (JSON in bench/results/).
+# make test: ruff + pytest;  make demo: the end-to-end demo;  make bench: benchmarks (JSON in bench/results/);
+# make docs: docs/cli.md from the commands.
 # Each target creates or reuses .venv and installs the project into it.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,10 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python embed_throughput.py --out results/embed_throughput.json
 	cd bench && ../$(BIN)/python search.py --out results/search.json
 	cd bench && ../$(BIN)/python probe.py --out results/probe.json
+
+# docs/cli.md, the command-line reference, from the Typer app (tests/test_docs.py checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m simclr.cli.reference docs/cli.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

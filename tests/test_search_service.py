@@ -51,7 +51,7 @@ def test_an_uploaded_photo_finds_itself_with_timings_and_its_embedding(service: 
     assert answer.status_code == 200, answer.text
     body = answer.json()
     (result,) = body["results"]
-    assert result["query"] == "upload" and len(result["neighbours"]) == 5
+    assert result["query"] == "upload" and result["row"] is None and len(result["neighbours"]) == 5
     best = result["neighbours"][0]
     assert Path(best["path"]).name == photo.name and best["score"] == pytest.approx(1.0, abs=1e-5)
     assert [n["rank"] for n in result["neighbours"]] == [1, 2, 3, 4, 5]
@@ -68,6 +68,21 @@ def test_row_and_path_queries_use_the_stored_embedding(service: httpx.Client, ph
     assert np.allclose(by_row.json()["embedding"], stored)
     by_path = service.post("/search", json={"path": result["query"], "k": 3}).json()["results"][0]
     assert by_path["query"] == result["query"] and by_path["neighbours"] == result["neighbours"][:3]
+    assert result["row"] == by_path["row"] == 7
+
+
+def test_exclude_query_leaves_the_query_out_and_still_returns_k(service: httpx.Client) -> None:
+    kept = service.post("/search", json={"row": 7, "k": 6}).json()["results"][0]
+    others = [{**neighbour, "rank": rank} for rank, neighbour in enumerate(kept["neighbours"][1:], start=1)]
+    for query in ({"row": 7}, {"path": kept["query"]}):
+        left_out = service.post("/search", json={**query, "k": 5, "exclude_query": True})
+        assert left_out.status_code == 200, left_out.text
+        result = left_out.json()["results"][0]
+        assert result["query"] == kept["query"] and result["row"] == 7 and result["neighbours"] == others
+    images = service.get("/info").json()["images"]
+    everything = service.post("/search", json={"row": 7, "k": images, "exclude_query": True}).json()
+    rows = [neighbour["row"] for neighbour in everything["results"][0]["neighbours"]]
+    assert sorted(rows) == [row for row in range(images) if row != 7]  # k past the others: all of them, once
 
 
 @pytest.mark.parametrize("request_kwargs, status, message", [
@@ -77,7 +92,9 @@ def test_row_and_path_queries_use_the_stored_embedding(service: httpx.Client, ph
     ({"json": {"row": -1}}, 404, "row -1"),
     ({"json": {"path": "/etc/passwd"}}, 404, "is not in the index"),
     ({"json": {"k": 3}}, 400, "give either \"row\" or \"path\""),
-    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON body"),
+    ({"json": {"row": 0, "exclude_query": "maybe"}}, 400,
+     "JSON body: exclude_query: Input should be a valid boolean"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON body: Invalid JSON"),
     ({"files": {"file": ("x.jpg", b"not an image", "image/jpeg")}}, 400, "not an image file"),
     ({"files": {"other": ("x.jpg", b"data", "image/jpeg")}}, 400, "without a file field named 'file'"),
     ({"files": {"file": ("big.bin", bytes(4 * 2**20), "image/jpeg")}}, 413, "over the limit of 3,145,728"),
@@ -122,7 +139,10 @@ def test_info_health_metrics_and_the_page(service: httpx.Client, tiny_repo: Path
     assert 'simclr_search_request_seconds_bucket{le="0.05",route="/search"}' in metrics
     page = service.get("/")
     assert page.status_code == 200 and "simclr search" in page.text
-    assert service.get("/docs").status_code == 200 and "/search" in service.get("/openapi.json").text
+    assert service.get("/docs").status_code == 200
+    search_body = service.get("/openapi.json").json()["paths"]["/search"]["post"]["requestBody"]["content"]
+    assert "exclude_query" in search_body["application/json"]["schema"]["properties"]
+    assert "file" in search_body["multipart/form-data"]["schema"]["properties"]
 
 
 def test_the_token_guards_every_route_but_health(photo_collection: Path, tiny_repo: Path) -> None:

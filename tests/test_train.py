@@ -376,7 +376,10 @@ def test_time_budget_ends_the_whole_schedule_within_it(image_folder: Path, tmp_p
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     plan = config["plan"]
-    assert plan["total_steps"] % 3 == 0 and config["epochs"] == plan["total_steps"] // 3 < 100000
+    # whole epochs of 3 steps, unless not even one fits (a machine busy enough to make 3 steps outlast the budget)
+    whole = plan["total_steps"] // 3 if plan["total_steps"] >= 3 else 1
+    assert plan["total_steps"] % 3 == 0 or plan["total_steps"] < 3
+    assert config["epochs"] == whole < 100000
     assert "--time-budget 12 s" in plan["events"][0] and plan["pairs_per_second"] > 0
     assert load_checkpoint(out / "last.pt")["step"] == plan["total_steps"]  # the whole schedule ran
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -28,22 +28,39 @@ def _typer(**settings) -> typer.Typer:
 
 app = _typer(help="SimCLR as a tool: train an image encoder without labels, export, serve, embed, search.",
              no_args_is_help=True)
-app.command("train")(train_command)
-app.command("export")(export_command)
-app.command("quantize")(quantize_command)
-app.command("serve")(serve_command)
-app.command("embed")(embed_command)
-app.command("merge")(merge_command)
-app.command("index")(index_command)
-app.command("search")(search_command)
-app.command("search-server")(search_server_command)
-app.command("probe")(probe_command)
-app.command("finetune")(finetune_command)
-app.command("classify")(classify_command)
-app.command("slim")(slim_command)
+# One example per command: the last line of its --help, and checked against its options by tests/test_docs.py.
+EXAMPLES = {
+    "train": "simclr train --data photos/ --preset photo --epochs 100 --out runs/mydogs",
+    "export": "simclr export runs/mydogs --weights fp16",
+    "quantize": "simclr quantize model_repository/mydogs --calibration photos/",
+    "serve": "simclr serve --repo model_repository",
+    "embed": "simclr-embed photos/ --out feats.npy",
+    "merge": "simclr merge feats-*-of-4.npy --out feats.npy",
+    "index": "simclr index feats.npy --memory-budget 2G",
+    "search": "simclr-search query.jpg -k 5 --grid neighbours.png",
+    "search-server": "simclr search-server --index feats.npy",
+    "probe": "simclr probe --train photos/train --test photos/test --json",
+    "finetune": "simclr finetune model_repository/simclr_resnet18_photo --data photos --labels-per-class 20 "
+                "--out runs/ft",
+    "classify": "simclr classify photos/test --model model_repository/ft -k 3",
+    "slim": "simclr slim runs/mydogs --out carry/last.pt --part-size 15MiB",
+    "demo": "simclr demo --out demo_output",
+}
+COMMANDS = {"train": train_command, "export": export_command, "quantize": quantize_command, "serve": serve_command,
+            "embed": embed_command, "merge": merge_command, "index": index_command, "search": search_command,
+            "search-server": search_server_command, "probe": probe_command, "finetune": finetune_command,
+            "classify": classify_command, "slim": slim_command}
 
 
-@app.command("demo")
+def example(name: str) -> str:
+    """The epilog of a command's --help: its example (Click keeps a paragraph after \\b as it is)."""
+    return f"\b\nExample: {EXAMPLES[name]}"
+
+
+for _name, _command in COMMANDS.items():
+    app.command(_name, epilog=example(_name))(_command)
+
+@app.command("demo", epilog=example("demo"))
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path("demo_output"),
     model: Annotated[Path | None, typer.Option(help="Model to demo. [default: $SIMCLR_MODEL, else the default "
@@ -73,15 +90,15 @@ def main() -> None:
 
 def embed_main() -> None:
     """The `simclr-embed` script: `simclr embed` on its own."""
-    _single(embed_command)
+    _single(embed_command, "embed")
 
 
 def search_main() -> None:
     """The `simclr-search` script: `simclr search` on its own."""
-    _single(search_command)
+    _single(search_command, "search")
 
 
-def _single(command) -> None:
+def _single(command, name: str) -> None:
     single = _typer()
-    single.command()(command)
+    single.command(epilog=example(name))(command)
     single()

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from simclr.errors import first_line
@@ -71,9 +71,18 @@ class SafeJSONResponse(JSONResponse):
 class IndexedQuery(BaseModel):
     """A query by an image already in the index: its row, or its path."""
 
-    row: int | None = None
-    path: str | None = None
+    row: int | None = Field(None, description="The indexed row to search from (give this or path).")
+    path: str | None = Field(None, description="The indexed path to search from, as embedded (give this or row).")
     k: int = Field(10, description=f"Neighbours to return, 1 to {MAX_K}.")
+    exclude_query: bool = Field(False, description="Leave the query's own row out of the neighbours: k others are "
+                                                   "returned, ranked from 1 (default false: it comes first).")
+
+
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": IndexedQuery.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "An image file in a format Pillow reads."},
+        "k": {"type": "integer", "default": 10, "description": f"Neighbours to return, 1 to {MAX_K}."}}}}}}}
 
 
 class BodyTooLarge(Exception):
@@ -182,17 +191,20 @@ def create_app(service: SearchService, options: ServiceOptions = ServiceOptions(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-        return _error(400, f"{where or 'request'}: {problem.get('msg', 'invalid')}")
+        return _error(400, _first_problem(error.errors(), "request"))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
         return _error(error.status_code, str(error.detail))
 
     @app.post("/search", summary="Search by an uploaded image file (multipart: file, k) or by an indexed row or "
-                                 "path (JSON: {\"row\": i, \"k\": 10} or {\"path\": \"...\", \"k\": 10})")
+                                 "path (JSON: {\"row\": i, \"k\": 10, \"exclude_query\": false} or "
+                                 "{\"path\": \"...\", ...})", openapi_extra=SEARCH_BODY)
     async def search_route(request: Request) -> SafeJSONResponse:
+        """Answers `{"results": [{"query", "row", "neighbours": [{"rank", "score", "path", "row"}]}], "embedding",
+        "timing_ms"}`: `query` is the indexed path (or "upload"), `row` its row (null for an upload). With
+        `"exclude_query": true` a row or path search leaves the query's own row out and still returns k
+        neighbours (it searches k + 1 and drops the query)."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
             upload = form.get("file")
@@ -203,13 +215,15 @@ def create_app(service: SearchService, options: ServiceOptions = ServiceOptions(
             return SafeJSONResponse(await _in_thread(lambda: service.search_upload(data, k).as_dict()))
         try:
             query = IndexedQuery.model_validate_json(await request.body())
-        except ValueError as error:
-            raise QueryError(f"JSON body: {first_line(error)}") from None
+        except ValidationError as error:
+            raise QueryError(f"JSON body: {_first_problem(error.errors())}") from None
         if (query.row is None) == (query.path is None):
             raise QueryError("give either \"row\" or \"path\" (or upload a file as multipart field 'file')")
         if query.row is not None:
-            return SafeJSONResponse(await _in_thread(lambda: service.search_row(query.row, query.k).as_dict()))
-        return SafeJSONResponse(await _in_thread(lambda: service.search_path(query.path, query.k).as_dict()))
+            return SafeJSONResponse(await _in_thread(
+                lambda: service.search_row(query.row, query.k, query.exclude_query).as_dict()))
+        return SafeJSONResponse(await _in_thread(
+            lambda: service.search_path(query.path, query.k, query.exclude_query).as_dict()))
 
     @app.get("/images/{row}", summary="The indexed image of a row, as its file (only the file that was embedded: "
                                       "409 when it changed since)")
@@ -250,6 +264,15 @@ def create_app(service: SearchService, options: ServiceOptions = ServiceOptions(
                         headers={"Content-Security-Policy": page_policy})
 
     return app
+
+
+def _first_problem(problems: list[dict], whole: str = "") -> str:
+    """The first of pydantic's validation problems as "field: message" (`whole` in place of the field for a
+    problem with the whole input, else the message alone)."""
+    problem = problems[0]
+    where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or whole
+    message = first_line(problem.get("msg", "invalid"))
+    return f"{where}: {message}" if where else message
 
 
 def _k(value) -> int:

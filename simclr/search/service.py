@@ -52,16 +52,18 @@ class Collection:
 
 @dataclass(frozen=True)
 class Answer:
-    """What a search returns: the shape of `simclr-search --json`, plus the query's embedding and timings."""
+    """What a search returns: the shape of `simclr-search --json`, plus the query's row (None for an upload), its
+    embedding and timings."""
 
     query: str
+    row: int | None
     neighbours: list[dict]
     embedding: list[float]
     timing_ms: dict[str, float]
 
     def as_dict(self) -> dict:
-        return {"results": [{"query": self.query, "neighbours": self.neighbours}], "embedding": self.embedding,
-                "timing_ms": self.timing_ms}
+        return {"results": [{"query": self.query, "row": self.row, "neighbours": self.neighbours}],
+                "embedding": self.embedding, "timing_ms": self.timing_ms}
 
 
 class SearchService:
@@ -125,11 +127,12 @@ class SearchService:
                              f"{reason}") from None
         decoded = time.perf_counter()
         embedding = self.encoder.embed(image[None])[0]
-        return self._answer("upload", embedding, k, {"decode": decoded - started,
-                                                     "embed": time.perf_counter() - decoded})
+        return self._answer("upload", None, embedding, k, {"decode": decoded - started,
+                                                           "embed": time.perf_counter() - decoded})
 
-    def search_row(self, row: int, k: int) -> Answer:
-        """Search with the stored embedding of an indexed row."""
+    def search_row(self, row: int, k: int, exclude_query: bool = False) -> Answer:
+        """Search with the stored embedding of an indexed row; `exclude_query` leaves that row out of the k
+        neighbours (it would be the first)."""
         collection = self.collection
         self.check_row(row, collection)
         try:
@@ -137,32 +140,38 @@ class SearchService:
         except (OSError, ValueError) as error:
             raise QueryError(f"row {row}: {first_line(error)}; POST /reload (or SIGHUP) loads it as it is now",
                              409) from None
-        return self._answer(collection.features.paths[row], embedding, k, {}, collection)
+        return self._answer(collection.features.paths[row], row, embedding, k, {}, collection, exclude_query)
 
-    def search_path(self, path: str, k: int) -> Answer:
-        """Search with the stored embedding of an indexed image, named by its path."""
+    def search_path(self, path: str, k: int, exclude_query: bool = False) -> Answer:
+        """Search with the stored embedding of an indexed image, named by its path (`exclude_query`: as
+        `search_row`)."""
         row = self.collection.rows_by_path.get(path_key(path))
         if row is None:
             raise QueryError(f"path {path!r} is not in the index", status=404)
-        return self.search_row(row, k)
+        return self.search_row(row, k, exclude_query)
 
-    def _answer(self, query: str, embedding: np.ndarray, k: int, timing: dict[str, float],
-                collection: Collection | None = None) -> Answer:
+    def _answer(self, query: str, query_row: int | None, embedding: np.ndarray, k: int, timing: dict[str, float],
+                collection: Collection | None = None, exclude_query: bool = False) -> Answer:
+        """The k nearest rows to `embedding`, ranked from 1; with `exclude_query`, k + 1 are searched and
+        `query_row` is dropped from them."""
         if not 1 <= k <= MAX_K:
             raise QueryError(f"k {k}: must be between 1 and {MAX_K}")
         collection = collection or self.collection
+        dropped = query_row if exclude_query else None
         started = time.perf_counter()
         try:
-            scores, rows = search(collection.index, embedding[None], k, collection.vectors)
+            scores, rows = search(collection.index, embedding[None], k + (dropped is not None), collection.vectors)
         except (OSError, ValueError) as error:  # a features file rewritten in place while served
             raise QueryError(f"{first_line(error)}; POST /reload (or SIGHUP) loads the collection as it is now",
                              409) from None
         timing["search"] = time.perf_counter() - started
-        neighbours = [{"rank": rank + 1, "score": float(score), "path": collection.features.paths[row], "row": int(row)}
-                      for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True)) if row >= 0]
+        found = [(float(score), int(row)) for score, row in zip(scores[0], rows[0], strict=True)
+                 if row >= 0 and row != dropped][:k]
+        neighbours = [{"rank": rank + 1, "score": score, "path": collection.features.paths[row], "row": row}
+                      for rank, (score, row) in enumerate(found)]
         timing_ms = {name: round(1e3 * seconds, 3) for name, seconds in timing.items()}
         timing_ms["total"] = round(sum(timing_ms.values()), 3)
-        return Answer(query, neighbours, [float(value) for value in embedding], timing_ms)
+        return Answer(query, query_row, neighbours, [float(value) for value in embedding], timing_ms)
 
     def check_row(self, row: int, collection: Collection | None = None) -> None:
         features = (collection or self.collection).features

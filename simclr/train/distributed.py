@@ -100,17 +100,21 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [0, *range(2, input.dim())]
         local_count = input.numel() // input.shape[1]
-        stats = torch.cat([input.sum(dims), (input * input).sum(dims),
-                           torch.tensor([float(local_count)], device=input.device, dtype=input.dtype)])
+        # Statistics in float32 whatever the autocast dtype: sums of thousands of bf16 values lose most digits, and
+        # the running buffers are float32.
+        values = input.float()
+        stats = torch.cat([values.sum(dims), (values * values).sum(dims),
+                           torch.tensor([float(local_count)], device=input.device)])
         stats = _AllReduceSum.apply(stats)
         channels = input.shape[1]
         count = stats[-1]
         mean = stats[:channels] / count
         var = (stats[channels:2 * channels] / count - mean * mean).clamp_min(0.0)
         shape = [1, channels] + [1] * (input.dim() - 2)
-        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        output = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
+        output = output.to(input.dtype)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
