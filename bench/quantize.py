@@ -65,7 +65,8 @@ def main() -> None:
         sizes = {"fp32_bytes": fp32.path.stat().st_size, "int8_bytes": int8.path.stat().st_size}
     write_json({"benchmark": "quantize", "machine": {**machine(), **cpu_features()}, "quantize_seconds":
                 quantize_seconds, "calibration_images": report.calibration_images,
-                "mean_cosine_held_out": report.mean_cosine, **sizes, "batches": rows}, args.out)
+                "mean_cosine_held_out": report.mean_cosine,
+                "recall_at_10_held_out": report.recall_at_10, **sizes, "batches": rows}, args.out)
 
 
 if __name__ == "__main__":

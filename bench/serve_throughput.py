@@ -39,6 +39,7 @@ from simclr.embed.triton_encoder import MAX_REQUEST_BYTES
 from simclr.export.quantize import quantize_to_repository
 from simclr.export.repository import ServingOptions, export_to_repository
 from simclr.ports import free_port
+from simclr.progress import significant
 from simclr.server.launcher import ServerOptions, TritonServer
 
 Request = Callable[[object, int], int]  # (this thread's client, request number) -> images it sent
@@ -140,7 +141,7 @@ def protocols_part(server: TritonServer, batch: np.ndarray, baseline: dict, args
                 row = {"protocol": protocol, "dynamic_batching": dynamic, "concurrency": concurrency,
                        **median_of(runs)}
                 row["ratio_to_in_process"] = row["images_per_second"] / baseline["images_per_second"]
-                say(f"{protocol} dynamic={dynamic} c={concurrency}: {row['images_per_second']:.0f} images/s "
+                say(f"{protocol} dynamic={dynamic} c={concurrency}: {significant(row['images_per_second'])} images/s "
                     f"({row['ratio_to_in_process']:.2f}x in-process)")
                 results.append(row)
     return results
@@ -156,8 +157,8 @@ def bytes_part(server: TritonServer, photos: list[Path], args) -> list[dict]:
                                    for _ in range(args.repeats)])
         row["throughput_ratio"] = row["bytes"]["images_per_second"] / row["uint8"]["images_per_second"]
         row["client_cpu_ratio"] = row["uint8"]["client_cpu_ms_per_image"] / row["bytes"]["client_cpu_ms_per_image"]
-        say(f"grpc c={concurrency}: bytes {row['bytes']['images_per_second']:.0f} vs uint8 "
-            f"{row['uint8']['images_per_second']:.0f} images/s ({row['throughput_ratio']:.2f}x), client CPU "
+        say(f"grpc c={concurrency}: bytes {significant(row['bytes']['images_per_second'])} vs uint8 "
+            f"{significant(row['uint8']['images_per_second'])} images/s ({row['throughput_ratio']:.2f}x), client CPU "
             f"{row['client_cpu_ratio']:.1f}x less")
         results.append(row)
     return results
@@ -189,8 +190,8 @@ def int8_part(server: TritonServer, batch: np.ndarray, args) -> dict:
         row[model] = median_of([measure(grpcclient, server.grpc_url, request, concurrency, args.requests)
                                 for _ in range(args.repeats)])
     row["int8_ratio"] = row["dynamic_int8"]["images_per_second"] / row["dynamic"]["images_per_second"]
-    say(f"grpc c={concurrency}: INT8 {row['dynamic_int8']['images_per_second']:.0f} vs FP32 "
-        f"{row['dynamic']['images_per_second']:.0f} images/s ({row['int8_ratio']:.2f}x)")
+    say(f"grpc c={concurrency}: INT8 {significant(row['dynamic_int8']['images_per_second'])} vs FP32 "
+        f"{significant(row['dynamic']['images_per_second'])} images/s ({row['int8_ratio']:.2f}x)")
     return row
 
 
@@ -218,7 +219,7 @@ def main() -> None:
         quantized = quantize_to_repository(repo / "dynamic" / "1" / "model.onnx", work / "photos", images=64)
         local = OnnxEncoder(repo / "dynamic")
         baseline = median_of([measure_local(local, batch, args.requests) for _ in range(args.repeats)])
-        say(f"in-process ONNX Runtime: {baseline['images_per_second']:.0f} images/s")
+        say(f"in-process ONNX Runtime: {significant(baseline['images_per_second'])} images/s")
         options = ServerOptions(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                                 log_file=work / "triton.log")
         with TritonServer(options) as server:

@@ -268,9 +268,10 @@ def quantize_copy(model_file: Path, out: Path, photos: list[Path], say: Callable
         rates.append(8 * len(images) / (time.perf_counter() - started))
     path = quantized.model.model_path
     say(f"7. simclr quantize -> {path} ({path.stat().st_size / 1e6:.1f} MB, FP32 {copy.stat().st_size / 1e6:.1f} MB): "
-        f"mean cosine to FP32 {quantized.mean_cosine:.4f} on {quantized.held_out_images} held-out images, "
-        f"{rates[1] / rates[0]:.1f}x the FP32 images/s on this CPU")
-    return {"model": str(path), "mean_cosine": quantized.mean_cosine, "speedup": rates[1] / rates[0]}
+        f"mean cosine to FP32 {quantized.mean_cosine:.4f} and recall@10 {quantized.recall_at_10:.3f} on "
+        f"{quantized.held_out_images} held-out images, {rates[1] / rates[0]:.1f}x the FP32 images/s on this CPU")
+    return {"model": str(path), "mean_cosine": quantized.mean_cosine, "recall_at_10": quantized.recall_at_10,
+            "speedup": rates[1] / rates[0]}
 
 
 def _probe(encoder: OnnxEncoder, data_root: Path, train_images: int) -> dict:

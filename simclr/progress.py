@@ -19,5 +19,6 @@ def progress_bar(**settings) -> Iterator[tqdm]:
 
 
 def significant(rate: float) -> str:
-    """A rate with three significant digits and thousands separators: 0.213, 21.3, 2,130, 21,300."""
+    """A rate as every command prints one: three significant digits below 100, whole numbers with thousands
+    separators above (0.000213, 0.213, 21.3, 213, 2,134), so that a slow run never reads 0."""
     return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"

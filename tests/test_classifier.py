@@ -113,6 +113,18 @@ def test_classify_here_and_on_the_server_agree(classifier_repo: Path, classifier
     assert right >= 12  # colours are easy: most of the 18 test pictures are classified right
 
 
+def test_classify_json_reports_the_embedding_dim_and_the_number_of_classes(classifier_repo: Path, classifier_server,
+                                                                           labelled_folder: Path) -> None:
+    _, images = _test_images(labelled_folder)
+    width = run_onnx(classifier_repo / NAME / "1" / "model.onnx", images[:1]).shape[1]
+    local = _classify(str(labelled_folder / "test"), "--model", str(classifier_repo / NAME))
+    served = _classify(str(labelled_folder / "test"), "--server", classifier_server.grpc_url, "--protocol", "grpc",
+                       "--model-name", NAME)
+    for answer in (local, served):
+        assert answer["model"]["embedding_dim"] == width != len(COLOURS)
+        assert answer["model"]["num_classes"] == len(COLOURS)
+
+
 def test_classify_refuses_an_encoder_without_classes(tiny_repo: Path, labelled_folder: Path) -> None:
     result = CliRunner().invoke(app, ["classify", str(labelled_folder / "test"), "--model", str(tiny_repo / "tiny")])
     assert result.exit_code == 1 and "has no output 'probabilities'" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ from simclr.data.images import load_image
 from simclr.embed.features import load_features
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.embed.runner import embed_images
+from simclr.progress import significant
 
 GOOD = ["big.jpg", "cmyk.jpg", "gray.png", "la.png", "nested/inner.webp", "palette.png", "rgb.jpg", "rotated.jpg",
         "sixteen.png"]
@@ -86,6 +88,16 @@ def test_every_kind_is_embedded_in_order_and_broken_files_are_recorded(kinds_fol
     for row, name in enumerate(GOOD):
         alone = encoder.embed(load_image(kinds_folder / name, 32)[None])[0]
         np.testing.assert_allclose(features.vectors[row], alone, atol=1e-5, rtol=0)
+
+
+def test_the_summary_prints_the_rate_with_significant_digits(kinds_folder: Path, tiny_repo: Path,
+                                                             tmp_path: Path) -> None:
+    result = _embed(str(kinds_folder), "--model", str(tiny_repo / "tiny"), "--out", str(tmp_path / "feats.npy"),
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    rate = re.search(r"\(([0-9.,]+) images/s\)", result.stdout)
+    assert rate, result.stdout
+    assert float(rate[1].replace(",", "")) > 0 and significant(float(rate[1].replace(",", ""))) == rate[1]
 
 
 def test_strict_exits_1_but_still_writes(kinds_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import tritonclient.http as httpclient
 from typer.testing import CliRunner
 
 from simclr.cli.app import app
+from simclr.data.images import find_images, load_image
 from simclr.embed.encoder import EncoderError, EncoderSpec
 from simclr.embed.features import load_features
 from simclr.embed.onnx_encoder import OnnxEncoder
@@ -73,6 +74,19 @@ def test_a_server_down_at_the_start_is_left_out_and_a_fleet_of_none_is_refused(t
         TritonFleet([down, f"127.0.0.1:{free_port()}"], "tiny", retry_seconds=0.2)
     with pytest.raises(EncoderError, match="name each server once"):
         TritonFleet([triton.http_url, triton.http_url], "tiny")
+
+
+def test_a_fleet_embeds_files_in_rows_aligned_with_the_paths(triton, tiny_repo: Path, real_photos: Path,
+                                                            tmp_path: Path) -> None:
+    photos = find_images(real_photos / "sample")[:3]
+    (tmp_path / "garbage.jpg").write_bytes(b"not an image")
+    paths = [tmp_path / "garbage.jpg", photos[0], tmp_path / "missing.jpg", photos[1], photos[2]]
+    with TritonFleet([triton.grpc_url], "tiny", protocol="grpc", send="bytes") as fleet:
+        embeddings, errors = fleet.embed_files(paths)
+    assert [error is None for error in errors] == [False, True, False, True, True]
+    assert embeddings.shape == (5, 64) and np.isnan(embeddings[[0, 2]]).all()
+    local = OnnxEncoder(tiny_repo / "tiny").embed(np.stack([load_image(path, 32) for path in photos]))
+    assert np.array_equal(embeddings[[1, 3, 4]], local)
 
 
 def test_simclr_embed_over_two_servers_sending_files_equals_one_local_run(triton, second_triton, tiny_repo: Path,

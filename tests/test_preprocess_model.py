@@ -124,8 +124,8 @@ def test_a_bad_file_fails_its_own_request_and_the_rest_of_the_batch_is_answered(
     assert triton.running() and np.array_equal(_send(triton.grpc_url, good[:1]), outcomes[0])
 
 
-def test_the_client_reports_each_bad_file_and_embeds_the_rest(triton, tiny_repo: Path, real_photos: Path,
-                                                               tmp_path: Path) -> None:
+def test_the_client_reports_each_bad_file_in_rows_aligned_with_the_paths(triton, tiny_repo: Path, real_photos: Path,
+                                                                          tmp_path: Path) -> None:
     photos = find_images(real_photos / "sample")[:3]
     (tmp_path / "garbage.jpg").write_bytes(b"not an image")
     (tmp_path / "empty.png").write_bytes(b"")
@@ -142,8 +142,11 @@ def test_the_client_reports_each_bad_file_and_embeds_the_rest(triton, tiny_repo:
     assert "not an image file" in errors[1] and "not an image file" in errors[3]
     assert "20,000,001 bytes, over the server's limit of 20,000,000" in errors[4]
     assert "not a regular file" in errors[5] and "No such file" in errors[6]
-    local = OnnxEncoder(tiny_repo / "tiny")
-    assert np.array_equal(embeddings, local.embed(np.stack([load_image(path, 32) for path in photos])))
+    local = OnnxEncoder(tiny_repo / "tiny").embed(np.stack([load_image(path, 32) for path in photos]))
+    assert embeddings.shape == (len(paths), 64) and embeddings.dtype == np.float32
+    assert np.array_equal(embeddings[[0, 2, 8]], local)  # row i is path i's, whatever failed around it
+    failed = [index for index, error in enumerate(errors) if error is not None]
+    assert np.isnan(embeddings[failed]).all()
 
 
 def test_clear_errors_for_the_bytes_path(triton, tiny_repo: Path) -> None:

@@ -3,6 +3,7 @@ exports that fail leaving the repository as it was."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -13,7 +14,13 @@ from typer.testing import CliRunner
 
 from simclr.cli.app import app
 from simclr.export.layout import ModelMetadata, sha256_of, sha256_parameter
-from simclr.export.repository import ServingOptions, check_model_name, export_to_repository, triton_config
+from simclr.export.repository import (
+    ServingOptions,
+    check_model_name,
+    export_to_repository,
+    run_model_name,
+    triton_config,
+)
 
 from conftest import train_cli
 
@@ -114,3 +121,38 @@ def test_a_version_with_another_image_size_is_refused(contract_run: Path, image_
     result = _export(str(other), "--repo", str(repo), "--name", "m")
     assert result.exit_code == 1 and "image_size" in result.output
     assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_an_export_is_named_after_its_run_folder(contract_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "mydogs"
+    run.mkdir(parents=True)
+    shutil.copy(contract_run / "last.pt", run / "last.pt")
+    repo = tmp_path / "repo"
+    for source in (run, run / "last.pt"):
+        result = _export(str(source), "--repo", str(repo), "--no-bytes-model", "--json")
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in repo.iterdir()) == ["mydogs"]
+    assert sorted(p.name for p in (repo / "mydogs").iterdir()) == ["1", "2", "config.pbtxt"]
+
+
+def test_a_run_folder_that_is_no_model_name_asks_for_name(contract_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "my dogs"
+    run.mkdir()
+    shutil.copy(contract_run / "last.pt", run / "last.pt")
+    for extra in ([], ["--classifier"]):
+        result = _export(str(run), "--repo", str(tmp_path / "repo"), *extra)
+        assert result.exit_code == 1 and result.output.count("\n") == 1
+        assert "the run folder's name 'my dogs' is not a model name" in result.output
+        assert "name the model with --name" in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_the_default_name_is_the_folder_of_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "runs" / "mydogs.v2"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"")  # only found, not read
+    monkeypatch.chdir(run)
+    for source in (run, run / "last.pt", Path("."), Path("last.pt"), run / ".." / "mydogs.v2"):
+        assert run_model_name(source) == "mydogs.v2"
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        run_model_name(tmp_path / "runs")

@@ -24,9 +24,10 @@ def classify_command(
     batch_size: Annotated[int, Option(min=1, help="Images per model call.")] = 256,
     workers: Annotated[int | None, Option(min=0, help="Decoding processes (0: decode in this process). [default: all "
                                                "cores]")] = None,
-    json_output: Annotated[bool, Option("--json", help="Print {\"model\", \"images\": [{\"path\", \"top\": "
-                                                       "[{\"class\", \"probability\"}]} or {\"path\", \"error\"}]} "
-                                                       "on stdout.")] = False,
+    json_output: Annotated[bool, Option("--json", help="Print {\"model\" (its embedding_dim: the width of its "
+                                                       "embedding output; num_classes), \"images\": [{\"path\", "
+                                                       "\"top\": [{\"class\", \"probability\"}]} or {\"path\", "
+                                                       "\"error\"}]} on stdout.")] = False,
 ) -> None:
     """Classify image files with a fine-tuned classifier (simclr export RUN_DIR --classifier): the top-k classes
     and their probabilities per image. --model runs it here; --server asks Triton (--send bytes sends the files)."""
@@ -37,7 +38,10 @@ def classify_command(
         model = open_classifier(encoder)
         predictions = list(classify(images, model, top_k, batch_size, workers))
     if json_output:
-        print_json({"model": model.identity.as_dict(), "images": [p.as_dict() for p in predictions]})
+        # identity.embedding_dim is the width of what the model returns here (one probability per class)
+        print_json({"model": {**model.identity.as_dict(), "num_classes": len(model.classes),
+                              "embedding_dim": model.metadata.embedding_dim if model.metadata else None},
+                    "images": [p.as_dict() for p in predictions]})
         return
     for prediction in predictions:
         if prediction.error:

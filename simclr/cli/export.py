@@ -23,7 +23,8 @@ def export_command(
                                                 "directory alone adds its NAME_preprocess and NAME_bytes.")],
     repo: Annotated[Path, Option(help="Triton model repository to add the model to.")] = Path("model_repository"),
     name: Annotated[str | None, Option(help="Model name in the repository (letters, digits, _ - .). [default: "
-                                            "simclr_resnet18; with --classifier: simclr_classifier]")] = None,
+                                            "the run folder's name: runs/mydogs or runs/mydogs/last.pt -> "
+                                            "mydogs]")] = None,
     classifier: Annotated[bool, Option(help="Export a fine-tuned classifier (a simclr finetune run): one ONNX with "
                                             "the outputs embedding, logits and probabilities, and labels.txt named "
                                             "by label_filename, so that Triton's classification extension answers "
@@ -77,7 +78,7 @@ def export_command(
     from simclr.export.classifier import export_classifier
     from simclr.export.layout import CONFIG_FILE
     from simclr.export.onnx_export import ExportError, check_export_options, is_exported_model
-    from simclr.export.repository import ServingOptions, export_to_repository
+    from simclr.export.repository import ServingOptions, export_to_repository, run_model_name
     from simclr.train.checkpoint import CheckpointError
 
     setup_logging()
@@ -106,10 +107,10 @@ def export_command(
             if fp16 or weights != "fp32" or image_size is not None:
                 raise ValueError("--classifier exports FP32 weights and compute at the training size: leave out "
                                  "--fp16, --weights and --image-size")
-            model = export_classifier(source, repo, name or "simclr_classifier", options,
+            model = export_classifier(source, repo, name or run_model_name(source), options,
                                       bytes_model=preprocess if bytes_model else None)
         else:
-            model = export_to_repository(source, repo, name or "simclr_resnet18", options, fp16=fp16,
+            model = export_to_repository(source, repo, name or run_model_name(source), options, fp16=fp16,
                                          weights=weights, bytes_model=preprocess if bytes_model else None,
                                          image_size=image_size)
     summary = {"name": model.name, "version": model.version, "model": str(model.model_path),

@@ -102,7 +102,8 @@ def embedded_batches(entries: Iterable[ImageEntry], encoder: Encoder, batch_size
         for chunk in chunked(entries, batch_size):
             embeddings, errors = encoder.embed_files([entry.path for entry in chunk if entry.error is None])
             outcome = iter(errors)
-            yield EmbeddedBatch(chunk, embeddings, [entry.error or next(outcome) for entry in chunk])
+            yield EmbeddedBatch(chunk, embeddings[[error is None for error in errors]],
+                                [entry.error or next(outcome) for entry in chunk])
         return
     for batch in decoded_batches(entries, encoder.identity.image_size, batch_size, workers):
         embeddings = encoder.embed(batch.images) if len(batch.images) else \

@@ -42,6 +42,14 @@ class FileRefused(ValueError):
     """The server's preprocessing model could not turn a file of the request into an image."""
 
 
+def joined_requests(results: list[tuple[np.ndarray, list[str | None]]], embedding_dim: int
+                    ) -> tuple[np.ndarray, list[str | None]]:
+    """The (rows, errors) of consecutive requests as one: float32 [total, D] and the errors in the same order."""
+    rows = [request_rows for request_rows, _ in results]
+    errors = [error for _, request_errors in results for error in request_errors]
+    return (np.concatenate(rows) if rows else np.zeros((0, embedding_dim), np.float32)), errors
+
+
 class TritonEncoder:
     """Encoder over a Triton model. Splits batches to the model's max_batch_size and keeps at most
     `max_in_flight` requests in flight (one client per worker thread: the HTTP client is not thread-safe).
@@ -49,7 +57,8 @@ class TritonEncoder:
 
     With `send="bytes"`, `embed_files` sends image files as they are to the ensemble NAME_bytes (the server decodes
     them exactly as simclr-embed does), up to `files_per_request` files per request. Its embeddings are NAME's (the
-    version the ensemble runs), so features made either way carry the same identity.
+    version the ensemble runs), so features made either way carry the same identity. Its rows line up with the
+    paths given: row i is path i's embedding, or NaN where errors[i] says why that file failed.
     """
 
     def __init__(self, url: str, model_name: str, version: str = "", protocol: str = "http", max_in_flight: int = 4,
@@ -196,17 +205,14 @@ class TritonEncoder:
         return np.concatenate(list(self._pool.map(self.infer, chunks)))
 
     def embed_files(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str | None]]:
-        """Embed image files without decoding them here (send="bytes"): float32 [n_ok, D] for the files that the
-        server could decode, in order, and per path the reason it failed, or None."""
+        """Embed image files without decoding them here (send="bytes"). Returns float32 [len(paths), D], row i the
+        embedding of paths[i] or all NaN when that file failed, and per path the reason it failed, or None."""
         if self.send != "bytes":
             raise EncoderError("embed_files needs send='bytes' (the ensemble NAME_bytes decodes the files)")
         requests = self.group_files([str(path) for path in paths])
         results = list(self._pool.map(self.embed_request, requests)) if len(requests) > 1 else \
             [self.embed_request(request) for request in requests]
-        embeddings = [rows for rows, _ in results]
-        errors = [error for _, request_errors in results for error in request_errors]
-        return (np.concatenate(embeddings) if embeddings else
-                np.zeros((0, self.identity.embedding_dim), np.float32)), errors
+        return joined_requests(results, self.identity.embedding_dim)
 
     def group_files(self, paths: list[str]) -> list[list[str]]:
         """Requests of up to `files_per_request` files and MAX_REQUEST_BYTES (a larger file goes alone)."""
@@ -236,8 +242,9 @@ class TritonEncoder:
             return file.read()
 
     def embed_request(self, paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
-        """One request for the readable files of `paths`; when the server refuses a file of it, each file again
-        alone, so that every file gets its own embedding or reason."""
+        """One request for the readable files of `paths`: float32 [len(paths), D] (NaN rows for the files that
+        failed) and per path the reason, or None. When the server refuses a file of it, each file goes again alone,
+        so that every file gets its own embedding or reason."""
         contents: list[bytes] = []
         errors: list[str | None] = []
         for path in paths:
@@ -246,18 +253,21 @@ class TritonEncoder:
                 errors.append(None)
             except (OSError, ValueError) as error:
                 errors.append(f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}")
-        if not contents:
-            return np.zeros((0, self.identity.embedding_dim), np.float32), errors
+        rows = np.full((len(paths), self.identity.embedding_dim), np.nan, np.float32)
+        readable = [index for index, error in enumerate(errors) if error is None]
+        if not readable:
+            return rows, errors
         try:
-            return self._with_retry(lambda: self._infer_files(contents)), errors
+            rows[readable] = self._with_retry(lambda: self._infer_files(contents))
+            return rows, errors
         except FileRefused as refused:
-            if len(contents) == 1:
-                return np.zeros((0, self.identity.embedding_dim), np.float32), \
-                    [error if error else str(refused) for error in errors]
-        readable = [path for path, error in zip(paths, errors, strict=True) if error is None]
-        alone = [self.embed_request([path]) for path in readable]
-        outcome = iter(error for _, (error,) in alone)
-        return np.concatenate([rows for rows, _ in alone]), [error or next(outcome) for error in errors]
+            if len(readable) == 1:
+                errors[readable[0]] = str(refused)
+                return rows, errors
+        for index in readable:
+            alone, (errors[index],) = self.embed_request([paths[index]])
+            rows[index] = alone[0]
+        return rows, errors
 
     def _infer_files(self, contents: list[bytes]) -> np.ndarray:
         from tritonclient.utils import InferenceServerException

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from simclr.embed.encoder import EncoderError, check_batch
-from simclr.embed.triton_encoder import ServerUnreachable, TritonEncoder
+from simclr.embed.triton_encoder import ServerUnreachable, TritonEncoder, joined_requests
 
 log = logging.getLogger("simclr")
 T = TypeVar("T")
@@ -110,16 +110,14 @@ class TritonFleet:
             lambda chunk: self._on_a_server(lambda member: member.infer(chunk)), chunks)))
 
     def embed_files(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str | None]]:
-        """As TritonEncoder.embed_files, the requests spread over the fleet."""
+        """As TritonEncoder.embed_files (row i is paths[i]'s embedding, or NaN where errors[i] says why it failed),
+        the requests spread over the fleet."""
         if self.send != "bytes":
             raise EncoderError("embed_files needs send='bytes' (the ensemble NAME_bytes decodes the files)")
         requests = self.members[0].group_files([str(path) for path in paths])
         results = list(self._pool.map(
             lambda request: self._on_a_server(lambda member: member.embed_request(request)), requests))
-        embeddings = [rows for rows, _ in results]
-        errors = [error for _, request_errors in results for error in request_errors]
-        return (np.concatenate(embeddings) if embeddings else
-                np.zeros((0, self.identity.embedding_dim), np.float32)), errors
+        return joined_requests(results, self.identity.embedding_dim)
 
     def close(self) -> None:
         if hasattr(self, "_pool"):

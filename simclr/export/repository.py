@@ -29,6 +29,7 @@ from simclr.export.layout import (
 from simclr.export.onnx_export import ExportedModel, export_onnx
 from simclr.lifetime import remove_orphaned
 from simclr.locks import output_lock
+from simclr.train.checkpoint import resolve_checkpoint
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -57,6 +58,17 @@ def check_model_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
     return name
+
+
+def run_model_name(run: Path) -> str:
+    """The name an export of training or fine-tuning run `run` gets by default: its run folder's name
+    (`runs/mydogs` and `runs/mydogs/last.pt` -> `mydogs`). ValueError, asking for --name, when that name is not a
+    model name; FileNotFoundError when `run` holds no checkpoint."""
+    folder = Path(os.path.abspath(resolve_checkpoint(run))).parent
+    if not NAME_PATTERN.fullmatch(folder.name):
+        raise ValueError(f"{run}: the run folder's name {folder.name!r} is not a model name (letters, digits, '_', "
+                         "'-' and '.', starting with a letter or digit); name the model with --name")
+    return folder.name
 
 
 def triton_config(name: str, metadata: ModelMetadata, options: ServingOptions, hashes: dict[str, str],

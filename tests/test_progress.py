@@ -1,0 +1,14 @@
+"""Rates as every command prints them: `significant` keeps three significant digits, so a slow run never reads 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from simclr.progress import significant
+
+
+@pytest.mark.parametrize(("rate", "shown"), [(0.2, "0.2"), (0.2134, "0.213"), (0.0004567, "0.000457"),
+                                             (12.74, "12.7"), (99.94, "99.9"), (213.4, "213"), (1234.4, "1,234"),
+                                             (21_345.6, "21,346"), (0.0, "0")])
+def test_rates_keep_three_significant_digits(rate: float, shown: str) -> None:
+    assert significant(rate) == shown
