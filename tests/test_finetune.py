@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 from simclr.cli.app import app
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.finetune.labels import balanced_rows, data_split, rows_from_labels_file
+from simclr.finetune.loop import duration
 from simclr.finetune.onnx_weights import calibrate_folded_batch_norm, read_onnx_encoder
+from simclr.finetune.run import finetune, labelled_sets, new_config
 from simclr.train.checkpoint import load_checkpoint
 from simclr.train.model import UInt8Encoder
 
@@ -63,6 +65,56 @@ def test_finetune_from_a_checkpoint_writes_the_run_and_compares(contract_run: Pa
     config = json.loads((out / "config.json").read_text())
     assert config["head_layers_kept"] == 1 and config["epochs"] == 2 and config["weight_decay"] == 0
     assert "fine-tuned" in (out / "README.md").read_text()
+
+
+def test_compare_decodes_each_image_once_and_heads_each_phase(contract_run: Path, labelled_folder: Path,
+                                                              tmp_path: Path) -> None:
+    result = _invoke(str(contract_run), "--data", str(labelled_folder), "--labels-per-class", "8", *QUICK,
+                     "--out", str(tmp_path / "run"), "--compare")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # Two training runs, two evaluations and the probe, from one decode of each split.
+    decoded = [line for line in lines if "decoded once into memory" in line]
+    assert len(decoded) == 2, decoded
+    assert f"{labelled_folder / 'train'}: 24 images" in decoded[0] and f"{labelled_folder / 'test'}: 18 images" in \
+        decoded[1]
+    plan = "on 24 labelled images (3 classes): 2 epochs x 3 steps of 8 = 6 steps; then the test split's 18 images"
+    expected = ["1/3 fine-tuning the pre-trained encoder (run)", f"fine-tuning {plan}",
+                "with the baseline of --compare",  # phase 1's estimate counts phase 2
+                "2/3 the same network from random weights (the baseline)", f"training from random weights {plan}",
+                "estimate: ", "3/3 linear probe (and kNN) of the pre-trained encoder on the same labels"]
+    assert _in_order(expected, lines), result.output
+    assert "| 6/6 [" in result.output and "| 3/3 [" not in result.output  # one bar over each run's 6 steps
+
+
+def _in_order(parts: list[str], lines: list[str]) -> bool:
+    """Whether each of `parts` is in a line after the line holding the part before it."""
+    rest = iter(lines)
+    return all(any(part in line for line in rest) for part in parts)
+
+
+def test_epochs_read_the_images_decoded_once_not_the_files(contract_run: Path, labelled_folder: Path,
+                                                           tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(labelled_folder, data)
+    config = new_config(contract_run, {"data": str(data), "labels_per_class": 8, "epochs": 2, "batch_size": 8,
+                                       "workers": 0})
+    device = torch.device("cpu")
+    reference = finetune(config, tmp_path / "reference", device, resume=False)
+    decoded = labelled_sets(config, tmp_path / "decoded", resume=False)
+    shutil.rmtree(data)  # training and evaluation cannot read a file any more
+    outcome = finetune(config, tmp_path / "decoded", device, resume=False, decoded=decoded)
+    assert outcome.steps == reference.steps == 6
+    assert outcome.report.top1 == reference.report.top1 and outcome.labelled.train.keys == \
+        reference.labelled.train.keys
+    expected, actual = (load_checkpoint(tmp_path / run / "last.pt")["classifier"] for run in ("reference", "decoded"))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(40, "40 s"), (14 * 60, "14 min"), (2.5 * 3600, "2.5 h")])
+def test_durations_read_in_the_unit_that_fits(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
 
 
 def test_labels_file_reuses_the_labelled_images(contract_run: Path, labelled_folder: Path, tmp_path: Path) -> None:

@@ -384,4 +384,4 @@ def test_time_budget_ends_the_whole_schedule_within_it(image_folder: Path, tmp_p
     assert load_checkpoint(out / "last.pt")["step"] == plan["total_steps"]  # the whole schedule ran
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["total_steps"] for r in records if r["event"] == "plan"] == [plan["total_steps"]]
-    assert took < budget + 3  # the budget counts from the trainer's start; the slack covers the CLI around it
+    assert took < budget + 6  # the budget counts from the trainer's start; the slack covers the CLI around it

@@ -76,6 +76,8 @@ def data_split(data: str, data_root: Path | None, train: bool, size: int, worker
 
     def decode(rows: np.ndarray) -> LabelledImages:
         images, decoded = decode_images([listed[row][0] for row in rows], size, workers, f"decoding {root.name}")
+        log.info("%s: %d images decoded once into memory (%d px, %.1f MB)", root, len(decoded), size,
+                 images.nbytes / 1e6)
         kept = [rows[i] for i in decoded]
         labels = torch.tensor([index[listed[row][1]] for row in kept], dtype=torch.long)
         return LabelledImages(images, labels, names, tuple(keys[row] for row in kept))

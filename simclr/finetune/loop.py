@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,17 +19,20 @@ from simclr.finetune.config import FinetuneConfig
 from simclr.finetune.evaluate import evaluate_classifier
 from simclr.finetune.labels import LabelledImages
 from simclr.finetune.model import Classifier
+from simclr.progress import significant
 from simclr.train import distributed
 from simclr.train.augment import crop_and_flip
 from simclr.train.batches import ResumableSampler
 from simclr.train.checkpoint import load_checkpoint, save_checkpoint
 from simclr.train.epochs import EpochLoop
 from simclr.train.optim import build_optimizer, peak_learning_rate, warmup_cosine
+from simclr.train.plan import StepTimer
 from simclr.train.runtime import mixed_precision
 
 log = logging.getLogger("simclr")
 
 CHECKPOINT_KIND = "finetune"
+ESTIMATE_AFTER, ESTIMATE_STEPS = 1, 3  # the estimate leaves out the first step (warm-up) and times the next three
 
 
 class FineTuner(EpochLoop):
@@ -37,9 +41,12 @@ class FineTuner(EpochLoop):
     step_names = ("loss", "accuracy")
     curve_titles = {"loss": "cross-entropy", "accuracy": "train accuracy (augmented batches)",
                     "test_top1": "test top-1"}
+    one_bar = True  # a few steps an epoch: one bar for the run, so that its time left is the whole run's
 
     def __init__(self, config: FinetuneConfig, out: Path, device: torch.device, model: Classifier,
-                 train: LabelledImages, test: LabelledImages, resume: bool) -> None:
+                 train: LabelledImages, test: LabelledImages, resume: bool, baseline_follows: bool = False) -> None:
+        """`baseline_follows`: --compare trains the baseline with the same steps after this run; the estimate of
+        the time counts it too."""
         super().__init__(config, out, device)
         if config.batch_size % self.world:
             raise ValueError(f"--batch-size {config.batch_size}: must divide evenly across {self.world} processes")
@@ -66,6 +73,9 @@ class FineTuner(EpochLoop):
         self.resumed = resume
         if resume:
             self._restore()
+        self.baseline_follows = baseline_follows
+        self.started, self.first_step = time.monotonic(), self.step
+        self.step_timer = StepTimer(self.step, device, ESTIMATE_AFTER, ESTIMATE_STEPS)
         self.network: nn.Module = self.model
         if self.world > 1:
             self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
@@ -85,6 +95,33 @@ class FineTuner(EpochLoop):
                                                    "classes": list(self.train.classes),
                                                    "encoder": self.model.encoder.state_dict(),
                                                    "classifier": self.model.state_dict(), **loop_state})
+
+    def run_epochs(self) -> tuple[tuple[float, ...], float]:
+        if self.is_main:
+            log.info("%s", self.plan())
+        return super().run_epochs()
+
+    def plan(self) -> str:
+        """The run in one line: labelled images, epochs, steps and the test split."""
+        config = self.config
+        what = "training from random weights" if config.start == "random" else "fine-tuning"
+        total = config.epochs * self.steps_per_epoch
+        stops = f", stopping after step {self.max_steps} (--max-steps)" if self.max_steps < total else ""
+        resuming = f", resuming after step {self.step}" if self.step else ""
+        return (f"{what} on {len(self.train)} labelled images ({len(self.train.classes)} classes): "
+                f"{config.epochs} epochs x {self.steps_per_epoch} steps of {config.batch_size} = {total} steps"
+                f"{stops}{resuming}; then the test split's {len(self.test)} images")
+
+    def estimate(self, seconds_per_step: float) -> str:
+        """The estimated time of this call's steps (and with the baseline that follows): the time so far, then
+        `seconds_per_step` for each step left."""
+        total = time.monotonic() - self.started + (self.max_steps - self.step) * seconds_per_step
+        rate = significant(self.config.batch_size / seconds_per_step)
+        line = (f"estimate: {seconds_per_step:.3g} s a step ({rate} img/s): about {duration(total)} for "
+                f"{self.max_steps - self.first_step} steps")
+        with_baseline = total + self.max_steps * seconds_per_step  # the baseline has every step to do
+        return line + (f", about {duration(with_baseline)} with the baseline of --compare" if self.baseline_follows
+                       else "")
 
     def batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sampler = ResumableSampler(len(self.train), self.config.seed, epoch, skip * self.local_batch)
@@ -107,6 +144,9 @@ class FineTuner(EpochLoop):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        seconds_per_step = self.step_timer.seconds_per_step(self.step)
+        if seconds_per_step is not None and self.is_main:
+            log.info("%s", self.estimate(seconds_per_step))
         return loss.detach(), (logits.argmax(dim=1) == labels).float().mean()
 
     def end_of_epoch(self, record: dict) -> None:
@@ -115,3 +155,10 @@ class FineTuner(EpochLoop):
             record["test_top1"] = evaluate_classifier(self.model, self.test, self.config.image_size,
                                                       self.device).top1
             log.info("epoch %d: test top-1 %.2f%%", self.epoch, 100 * record["test_top1"])
+
+
+def duration(seconds: float) -> str:
+    """A rough duration: 40 s, 14 min, 2.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.2g} h"

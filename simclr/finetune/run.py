@@ -48,11 +48,20 @@ SCRATCH_DIR = "scratch"
 
 
 @dataclass(frozen=True)
+class LabelledSets:
+    """A run's images, decoded into memory once: the labelled train images, the whole test split, and the size of
+    the train split they were chosen from."""
+
+    train: LabelledImages
+    test: LabelledImages
+    train_split_size: int
+
+
+@dataclass(frozen=True)
 class FinetuneOutcome:
     config: FinetuneConfig  # as run: epochs and batch resolved
     report: ClassifierReport
-    train: LabelledImages
-    test: LabelledImages
+    labelled: LabelledSets
     steps: int
     images_per_second: float
 
@@ -93,17 +102,23 @@ def finetune_and_compare(config: FinetuneConfig, out: Path, resume: bool = False
     device = resolve_device(config.device)
     distributed.setup(device)
     try:
-        tuned = finetune(config, out, device, resume)
-        results = {"finetune": _summary(tuned), "source": config.source, "data": config.data,
-                   "labelled_images": len(tuned.train), "classes": list(tuned.train.classes)}
         if compare:
+            _heading(f"1/3 fine-tuning the pre-trained encoder ({Path(config.source).name})")
+        tuned = finetune(config, out, device, resume, baseline_follows=compare)
+        labelled = tuned.labelled
+        results = {"finetune": _summary(tuned), "source": config.source, "data": config.data,
+                   "labelled_images": len(labelled.train), "classes": list(labelled.train.classes)}
+        if compare:
+            _heading("2/3 the same network from random weights (the baseline), on the same labels and schedule")
             scratch_out = out / SCRATCH_DIR
             scratch_config = dataclasses.replace(tuned.config, start="random", labels_file=str(out / LABELS_NAME),
                                                  label_fraction=None, labels_per_class=None)
-            scratch = finetune(scratch_config, scratch_out, device, (scratch_out / CHECKPOINT_NAME).is_file())
+            scratch = finetune(scratch_config, scratch_out, device, (scratch_out / CHECKPOINT_NAME).is_file(),
+                               decoded=labelled)
             results["scratch"] = _summary(scratch)
+            _heading("3/3 linear probe (and kNN) of the pre-trained encoder on the same labels")
             if distributed.rank() == 0:
-                results["linear"] = linear_probe_on_labels(tuned.config, tuned.train, tuned.test)
+                results["linear"] = linear_probe_on_labels(tuned.config, labelled.train, labelled.test)
         if distributed.rank() != 0:
             return {}
         write_results(out, tuned.config, results)
@@ -117,9 +132,19 @@ def _summary(outcome: FinetuneOutcome) -> dict:
             "batch_size": outcome.config.batch_size, "images_per_second": outcome.images_per_second}
 
 
-def finetune(config: FinetuneConfig, out: Path, device: torch.device, resume: bool) -> FinetuneOutcome:
-    """One fine-tuning run (or its resume) in `out`, evaluated on the test split at the end."""
-    train, test, total = labelled_sets(config, out, resume)
+def _heading(line: str) -> None:
+    """The heading line of one of --compare's three phases."""
+    if distributed.rank() == 0:
+        log.info("%s", line)
+
+
+def finetune(config: FinetuneConfig, out: Path, device: torch.device, resume: bool,
+             decoded: LabelledSets | None = None, baseline_follows: bool = False) -> FinetuneOutcome:
+    """One fine-tuning run (or its resume) in `out`, evaluated on the test split at the end. `decoded`: the
+    images of an earlier run on the same labelled images (--compare's baseline), used instead of decoding them
+    again; `baseline_follows`: the estimate of the time counts that baseline too."""
+    labelled = labelled_sets(config, out, resume, decoded)
+    train, test, total = labelled.train, labelled.test, labelled.train_split_size
     if config.epochs is None:
         fraction = config.label_fraction if config.label_fraction is not None else len(train) / total
         config = dataclasses.replace(config, epochs=default_epochs(fraction))
@@ -129,29 +154,34 @@ def finetune(config: FinetuneConfig, out: Path, device: torch.device, resume: bo
                  batch)
         config = dataclasses.replace(config, batch_size=batch)
     torch.manual_seed(config.seed)  # the same classifier on every rank
-    tuner = FineTuner(config, out, device, build_classifier(config, train, resume), train, test, resume)
+    tuner = FineTuner(config, out, device, build_classifier(config, train, resume), train, test, resume,
+                      baseline_follows)
     _, images_per_second = tuner.run_epochs()
     report = evaluate_classifier(tuner.model, test, config.image_size, device)
     if tuner.is_main:
         title = "from random weights" if config.start == "random" else "fine-tuned"
         plot_confusion(report.confusion, test.classes, out / CONFUSION_NAME,
                        f"{title}, {len(train)} labels: top-1 {100 * report.top1:.1f}%")
-    return FinetuneOutcome(config, report, train, test, tuner.step, images_per_second)
+    return FinetuneOutcome(config, report, labelled, tuner.step, images_per_second)
 
 
-def labelled_sets(config: FinetuneConfig, out: Path, resume: bool) -> tuple[LabelledImages, LabelledImages, int]:
-    """(the labelled train images, the whole test split, the train split's size). A resumed run reads its
-    labelled_images.txt; a new one writes it."""
-    root = Path(config.data_root) if config.data_root else None
-    split = data_split(config.data, root, True, config.image_size, config.workers)
-    labels_file = out / LABELS_NAME if resume else config.labels_file
-    rows = rows_from_labels_file(Path(labels_file), split) if labels_file else choose_rows(config, split)
-    train = split.load(rows)
+def labelled_sets(config: FinetuneConfig, out: Path, resume: bool, decoded: LabelledSets | None = None
+                  ) -> LabelledSets:
+    """The run's images, decoded into memory once (or `decoded`, an earlier run's on the same labelled images). A
+    resumed run reads its labelled_images.txt; a new one writes it."""
+    if decoded is None:
+        root = Path(config.data_root) if config.data_root else None
+        split = data_split(config.data, root, True, config.image_size, config.workers)
+        labels_file = out / LABELS_NAME if resume else config.labels_file
+        rows = rows_from_labels_file(Path(labels_file), split) if labels_file else choose_rows(config, split)
+        train = split.load(rows)
+        test_split = data_split(config.data, root, False, config.image_size, config.workers, classes=split.classes)
+        decoded = LabelledSets(train, test_split.load(np.arange(len(test_split.keys))), len(split.keys))
     if not resume and distributed.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        write_labels_file(out / LABELS_NAME, train, describe_choice(config, train, len(split.keys)))
-    test_split = data_split(config.data, root, False, config.image_size, config.workers, classes=split.classes)
-    return train, test_split.load(np.arange(len(test_split.keys))), len(split.keys)
+        write_labels_file(out / LABELS_NAME, decoded.train,
+                          describe_choice(config, decoded.train, decoded.train_split_size))
+    return decoded
 
 
 def choose_rows(config: FinetuneConfig, split: Split) -> np.ndarray:

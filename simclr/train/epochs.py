@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from simclr.atomic import atomic_write_text
 from simclr.locks import output_lock
@@ -52,6 +53,7 @@ class EpochLoop(ABC):
 
     step_names: tuple[str, ...] = ("loss",)
     curve_titles: dict[str, str] = {}
+    one_bar = False  # one progress bar over the whole run's steps instead of one an epoch
 
     def __init__(self, config, out: Path, device: torch.device) -> None:
         self.config, self.out, self.device = config, out, device
@@ -120,10 +122,13 @@ class EpochLoop(ABC):
         started, first_step = time.monotonic(), self.step
         values = tuple(math.nan for _ in self.step_names)
         self.save_timer.restart()
+        first_epoch = f"epoch {self.epoch + 1}/{self.config.epochs}"
+        run_bar = (progress_bar(total=self.max_steps, initial=self.step, desc=first_epoch, disable=not self.is_main)
+                   if self.one_bar else contextlib.nullcontext())
         try:
-            with StopSignals() as signals:
+            with StopSignals() as signals, run_bar as bar:
                 while self.epoch < self.config.epochs and self.step < self.max_steps:
-                    values = self._run_epoch(signals)
+                    values = self._run_epoch(signals, bar)
         finally:  # a stopped or failed run gets its curves too
             if self.is_main:
                 plot_training_curves(self.out / METRICS_NAME, self.out / CURVE_NAME, self.curve_titles)
@@ -154,16 +159,19 @@ class EpochLoop(ABC):
         self.save(epoch)
         self.save_timer.restart()
 
-    def _run_epoch(self, signals: StopSignals) -> tuple[float, ...]:
+    def _run_epoch(self, signals: StopSignals, run_bar: tqdm | None = None) -> tuple[float, ...]:
         """Train until the epoch ends (or --max-steps, or a signal); log; save when due. Returns the last step's
-        values."""
+        values. Progress goes to `run_bar` (the whole run's, with `one_bar`), else to a bar of this epoch."""
         epoch = self.epoch
         epoch_end = (epoch + 1) * self.steps_per_epoch
         skip = self.step - epoch * self.steps_per_epoch  # batches already done before a resume
         window = ThroughputWindow()
         stopped, values = False, tuple(math.nan for _ in self.step_names)  # a resume can land past the last batch
-        with progress_bar(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                          disable=not self.is_main) as bar:
+        description = f"epoch {epoch + 1}/{self.config.epochs}"
+        if run_bar is not None:
+            run_bar.set_description(description)
+        with contextlib.nullcontext(run_bar) if run_bar is not None else progress_bar(
+                total=self.steps_per_epoch, initial=skip, desc=description, disable=not self.is_main) as bar:
             for batch in self.batches(epoch, skip):
                 self.unread.append(self.train_step(batch))
                 window.count(1)

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from simclr.progress import significant
 from simclr.train.config import SchedulePlan, TrainConfig
 
 MEASURE_AFTER = 5  # steps of this call left out of the rate (cudnn autotuning, compilation, first batches)
@@ -43,8 +44,9 @@ def budget_plan(config: TrainConfig, steps_per_epoch: int, step: int, elapsed: f
     if total < config.epochs * steps_per_epoch:
         warmup = min(warmup, max(step, math.floor(MAX_WARMUP_FRACTION * total)))
     pairs_per_second = config.batch_size / step_seconds
-    event = (f"step {step}: --time-budget {config.time_budget:g} s, {elapsed:.0f} s spent, {pairs_per_second:,.0f} "
-             f"pairs/s measured -> {total} steps ({total / steps_per_epoch:.4g} epochs), warm-up {warmup} steps")
+    event = (f"step {step}: --time-budget {config.time_budget:g} s, {elapsed:.0f} s spent, "
+             f"{significant(pairs_per_second)} pairs/s measured -> {total} steps ({total / steps_per_epoch:.4g} "
+             f"epochs), warm-up {warmup} steps")
     plan = SchedulePlan(total_steps=total, warmup_steps=warmup, pairs_per_second=pairs_per_second,
                         events=(*config.plan.events, event))
     return dataclasses.replace(config, epochs=max(1, math.ceil(total / steps_per_epoch)), plan=plan)
@@ -61,13 +63,15 @@ def extended_plan(config: TrainConfig, saved_epochs: int, steps_per_epoch: int, 
 
 
 class StepTimer:
-    """Times steps MEASURE_AFTER+1 .. MEASURE_AFTER+MEASURE_STEPS of one call, synchronising the device at both
-    ends so that queued GPU work is counted."""
+    """Times steps `after`+1 .. `after`+`steps` of one call (MEASURE_AFTER and MEASURE_STEPS unless given),
+    synchronising the device at both ends so that queued GPU work is counted."""
 
-    def __init__(self, first_step: int, device: torch.device) -> None:
+    def __init__(self, first_step: int, device: torch.device, after: int = MEASURE_AFTER,
+                 steps: int = MEASURE_STEPS) -> None:
         self.first_step, self.created = first_step, time.monotonic()
-        self.start_step = first_step + MEASURE_AFTER
-        self.end_step = self.start_step + MEASURE_STEPS
+        self.start_step = first_step + after
+        self.end_step = self.start_step + steps
+        self.measured = steps
         self.device = device
         self.started: float | None = None
 
@@ -78,7 +82,7 @@ class StepTimer:
             self.started = time.monotonic()
         elif step == self.end_step and self.started is not None:
             self._synchronize()
-            return (time.monotonic() - self.started) / MEASURE_STEPS
+            return (time.monotonic() - self.started) / self.measured
         return None
 
     def mean_so_far(self, step: int) -> float:
