@@ -90,6 +90,49 @@ def test_the_plan_fits_the_budget_or_names_it() -> None:
         plan_index(5_000_000, 512, kind="flat", available=1 << 30)
 
 
+def test_a_small_collection_gets_what_it_can_train_and_a_kind_that_does_not_suit_it_is_named() -> None:
+    small = plan_index(1750, 512, "ivfpq")
+    assert (small.describe(), small.pq_bits, small.code_bytes, small.opq) == ("IVF43,PQ128x5", 5, 80, False)
+    assert small.note.startswith("--kind ivfpq does not suit 1,750 vectors") and "cut to 5 bits" in small.note
+    assert plan_index(1750, 512).kind == "flat" and not plan_index(1750, 512).note  # auto: nothing to say
+    assert plan_index(1750, 512, "hnsw").note.startswith("--kind hnsw does not suit 1,750 vectors")
+    large = plan_index(20_000, 512, "ivfpq")
+    assert large.describe() == "OPQ128,IVF500,PQ128" and large.pq_bits == 8 and not large.note
+    with pytest.raises(ValueError, match="--kind ivfpq: 50 vectors are too few .* use --kind flat"):
+        plan_index(50, 16, "ivfpq")
+
+
+def test_ivfpq_of_a_small_collection_trains_quietly_and_says_it_does_not_suit(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    _features(tmp_path / "dogs.npy", _clustered(1750, 64))
+    result = _cli("index", str(tmp_path / "dogs.npy"), "--kind", "ivfpq", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["description"] == "IVF43,PQ64x5" and report["pq_bits"] == 5 and report["pq_bytes"] == 40
+    assert [line[:40] for line in report["warnings"]] == ["--kind ivfpq does not suit 1,750 vectors"]
+    assert f"warning: {report['warnings'][0]}" in result.stderr
+    assert "WARNING clustering" not in capfd.readouterr().err  # FAISS had the points it asks for
+
+
+def test_faiss_warnings_come_as_one_line_and_each_stage_shows_progress(capfd: pytest.CaptureFixture[str]) -> None:
+    _, report = build_index(_clustered(1000, 16), "ivf", nlist=100, progress=True)  # 100 lists want 3,900 rows
+    assert report.warnings[1] == ('FAISS warned once while training: "WARNING clustering 1000 points to 100 '
+                                  'centroids: please provide at least 3900 training points" (1x)')
+    err = capfd.readouterr().err
+    assert "WARNING clustering" not in err
+    assert all(stage in err for stage in ("training IVF100,Flat on 1,000 rows", "adding", "tuning nprobe"))
+
+
+def test_an_exact_index_over_max_query_ms_says_so(tmp_path: Path) -> None:
+    _features(tmp_path / "f.npy", _clustered(500, 16))
+    result = _cli("index", str(tmp_path / "f.npy"), "--kind", "flat", "--max-query-ms", "0.000001", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert not report["target_met"] and report["max_query_ms"] == 1e-6 and report["warnings"] == [report["note"]]
+    assert "over --max-query-ms 1e-06: an exact index cannot trade recall for time" in report["note"]
+    assert f"warning: {report['note']}" in result.stderr
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_each_kind_is_tuned_to_the_target_recall_or_says_why(kind: str) -> None:
     vectors = _clustered(20_000, 32)
@@ -206,16 +249,21 @@ def test_shards_are_indexed_and_searched_without_a_merge(image_folder: Path, tin
     encoder = OnnxEncoder(tiny_repo / "tiny")
     for job in range(2):
         embed_images([image_folder], Path("feats.npy"), encoder, workers=0, progress=False, shard=(job, 2))
-    embed_images([image_folder], Path("whole/feats.npy"), encoder, workers=0, progress=False)
     built = _cli("index", "feats-0-of-2.npy", "feats-1-of-2.npy", "--json")
-    assert built.exit_code == 0, built.output and json.loads(built.stdout)["index"] == "feats.faiss"
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["index"] == "feats-of-2.faiss"  # named after the parts: feats.faiss is feats.npy's
+    embed_images([image_folder], Path("feats.npy"), encoder, workers=0, progress=False)  # their merge, beside them
+    parts_manifest = Path("feats-of-2.faiss.json").read_text()
     queries = sorted(str(path) for path in image_folder.rglob("*.png"))[:3]
     answers = []
-    for index in ("feats.faiss", "whole/feats.npy"):
+    for index in ("feats-of-2.faiss", "feats.npy"):  # feats.npy's index, feats.faiss, is built and saved
         result = _cli("search", *queries, "--index", index, "-k", "4", "--json")
         assert result.exit_code == 0, result.output
+        assert "warning" not in result.stderr.lower()
         answers.append([[n["path"] for n in entry["neighbours"]] for entry in json.loads(result.stdout)["results"]])
     assert answers[0] == answers[1] and answers[0][0][0] == os.path.abspath(queries[0])
+    assert [part.features.name for part in read_manifest(Path("feats.faiss")).parts] == ["feats.npy"]
+    assert Path("feats-of-2.faiss.json").read_text() == parts_manifest  # the parts' index is left as it was
 
 
 def test_an_index_opens_memory_mapped(tmp_path: Path) -> None:

@@ -193,15 +193,15 @@ def test_the_service_serves_an_index_of_shards_and_follows_add_and_remove(tiny_r
     parts = [tmp_path / "feats-0-of-2.npy", tmp_path / "feats-1-of-2.npy"]
     assert CliRunner().invoke(app, ["index", *map(str, parts), "--kind", "flat"]).exit_code == 0
     spec = EncoderSpec(model=str(tiny_repo / "tiny"))
-    with SearchServer(SearchService(tmp_path / "feats.faiss", spec), port=free_port()) as server, \
+    with SearchServer(SearchService(tmp_path / "feats-of-2.faiss", spec), port=free_port()) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
         info = client.get("/info").json()
         assert info["index"]["kind"] == "flat" and info["images"] == len(find_images(real_photos / "sample"))
-        add_index_files(tmp_path / "feats.faiss", [tmp_path / "new.npy"])
+        add_index_files(tmp_path / "feats-of-2.faiss", [tmp_path / "new.npy"])
         grown = client.post("/reload").json()["images"]
         assert grown == info["images"] + len(find_images(real_photos / "modes"))
         gone = client.post("/search", json={"row": 3, "k": 1}).json()["results"][0]["query"]
-        remove_index_paths(tmp_path / "feats.faiss", [gone])
+        remove_index_paths(tmp_path / "feats-of-2.faiss", [gone])
         assert client.post("/reload").status_code == 200
         assert client.get("/info").json()["index"]["removed"] == 1
         for request in ({"row": 3}, {"path": gone}):

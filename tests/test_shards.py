@@ -60,7 +60,7 @@ def test_the_index_of_the_parts_follows_the_merge(collection: Path, tiny_repo: P
         assert result.exit_code == 0, result.output
         return [[found["path"] for found in entry["neighbours"]] for entry in json.loads(result.stdout)["results"]]
 
-    before = neighbours("feats.faiss")
+    before = neighbours("feats-of-3.faiss")
     merged = CliRunner().invoke(app, ["merge", *parts, "--out", "feats.npy", "--json"])
     assert merged.exit_code == 0, merged.output
     assert json.loads(merged.stdout)["index"] == "feats.faiss"

@@ -20,8 +20,8 @@ def merge_command(
 ) -> None:
     """Merge the N parts of `simclr-embed --shard K/N` jobs: checks that all N are there, finished, from the same
     model, inputs and image list, then streams them into OUT exactly as one unsharded run would have written it.
-    An index built over the parts (simclr index feats-*-of-N.npy, feats.faiss beside them) follows: its rows are
-    renumbered to OUT's and it is saved beside OUT, bound to it."""
+    An index built over the parts (simclr index feats-*-of-N.npy: feats-of-N.faiss beside them) follows: its rows
+    are renumbered to OUT's and it is saved beside OUT (feats.faiss), bound to it."""
     from simclr.embed.shards import merge_shards
     from simclr.search.indexing import index_after_merge
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,7 +24,8 @@ def index_command(
              "recorded); several are the parts of one collection, rows in that order (e.g. feats-*-of-N.npy). "
              "With --add or --remove: the features file of an index, or the index (.faiss).")] = None,
     out: Annotated[Path | None, Option(help="The index file. [default: beside the first features file, "
-                                            "FEATURES.faiss; feats.faiss for the parts feats-K-of-N.npy]")] = None,
+                                            "FEATURES.faiss; feats-of-N.faiss for all N parts feats-K-of-N.npy "
+                                            "(feats.faiss is their merged file's)]")] = None,
     kind: Annotated[Literal[KINDS], Option(
         help="auto: the first of exact (up to 50,000 vectors), HNSW (up to 1,000,000), IVF and IVF-PQ (codes of 128 "
              "down to 4 bytes, OPQ-rotated at 16x compression and more) that fits --memory-budget; hnsw: FAISS's "
@@ -33,13 +35,16 @@ def index_command(
              "auto picks the index that fits, another kind is refused when it cannot. [default: no limit]")] = None,
     max_query_ms: Annotated[float | None, Option(
         min=0, help="Stop raising nprobe/efSearch when one query would take longer than this; the recall reached "
-                    "is reported. [default: no limit]")] = None,
+                    "is reported, and a warning says when the limit is not met (an exact index has nothing to "
+                    "lower). [default: no limit]")] = None,
     target_recall: Annotated[float, Option(min=0, max=1, help="Approximate indexes: raise nprobe (IVF) or efSearch "
                                                               "(HNSW) until recall@10 on a sample reaches this.")
                              ] = 0.95,
     nlist: Annotated[int | None, Option(min=1, help="IVF lists. [default: 4 sqrt(N), at most 4,096]")] = None,
-    pq_bytes: Annotated[int | None, Option(min=1, help="IVF-PQ code bytes a vector (must divide the dimension). "
-                                                       "[default: the largest that fits]")] = None,
+    pq_bytes: Annotated[int | None, Option(min=1, help="IVF-PQ sub-quantizers, one code byte each (must divide "
+                                                       "the dimension); under 9,984 vectors each gets the fewer bits "
+                                                       "the collection can train. [default: the largest that fits]")
+                        ] = None,
     add: Annotated[list[Path] | None, Option(help="Append the rows of these features files to the existing index "
                                                   "(same model or width), without rebuilding it. Repeatable.")
                    ] = None,
@@ -80,7 +85,9 @@ def index_command(
         budget = parse_size(memory_budget) if memory_budget else None
         path, report = build_index_files(features, out, forget_removed, kind=kind, nlist=nlist, pq_bytes=pq_bytes,
                                          target_recall=target_recall, memory_budget=budget,
-                                         max_query_ms=max_query_ms)
+                                         max_query_ms=max_query_ms, progress=sys.stderr.isatty())
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if json_output:
         print_json({"index": str(path), **dataclasses.asdict(report), "index_bytes": path.stat().st_size})
         return
@@ -90,8 +97,6 @@ def index_command(
     typer.echo(f"{report.description} index of {report.vectors:,} x {report.dim} in {report.build_seconds:.1f} s"
                f"{tuned}, {report.query_ms:.2f} ms a query, {format_size(path.stat().st_size)}, peak memory "
                f"{format_size(report.peak_rss_bytes)} -> {path}")
-    if report.note:
-        typer.echo(f"warning: {report.note}", err=True)
 
 
 @with_encoder_options

@@ -1,10 +1,11 @@
 """FAISS indexes over embeddings: cosine similarity as inner product on L2-normalised vectors.
 
 The kind and its parameters come from `plan.plan_index` (a memory budget, or the kind asked for); the index trains
-on a sample, takes the vectors chunk by chunk (`vectors.VectorFile` reads them without a memory map), and then an
-approximate index raises nprobe (IVF) or efSearch (HNSW) until recall@10 against exact search, measured on a sample
-of rows, reaches the target, unless the single-query time would pass `max_query_ms`. A compressed index (IVF-PQ)
-proposes candidates that are scored again with the rows themselves, in the tuning as in every search that has them.
+on a sample (`training.train_index`), takes the vectors chunk by chunk (`vectors.VectorFile` reads them without a
+memory map), and then an approximate index raises nprobe (IVF) or efSearch (HNSW) until recall@10 against exact
+search, measured on a sample of rows, reaches the target, unless the single-query time would pass `max_query_ms`.
+A compressed index (IVF-PQ) proposes candidates that are scored again with the rows themselves, in the tuning as in
+every search that has them. The three stages (train, add, tune) show progress bars when asked to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from simclr.embed.features import unit_rows
+from simclr.progress import progress_bar
 from simclr.search.plan import EXACT_UP_TO, KINDS, IndexPlan, plan_index, training_rows
+from simclr.search.training import train_index
 from simclr.search.vectors import Vectors
 
 __all__ = ["EXACT_UP_TO", "KINDS", "IndexReport", "build_index", "recall_at_k", "search"]  # EXACT_UP_TO, KINDS: plan's
@@ -38,7 +41,7 @@ class IndexReport:
     recall_at_10: float | None  # against exact search, on a sample of rows (1.0 for an exact index)
     build_seconds: float
     description: str = ""  # FAISS's name of the structure: IVF1024,Flat, OPQ64,IVF4096,PQ64, HNSW32, Flat
-    pq_bytes: int | None = None
+    pq_bytes: int | None = None  # IVF-PQ: code bytes a vector
     ef_search: int | None = None
     index_bytes: int = 0  # of the saved index
     query_ms: float | None = None  # median time of one query, searched alone
@@ -46,6 +49,9 @@ class IndexReport:
     note: str = ""  # why not, when it was not
     peak_rss_bytes: int = 0  # of the building process, as /usr/bin/time -v reports it
     memory_budget: int | None = None
+    pq_bits: int | None = None  # IVF-PQ: bits of each sub-quantizer's code (8 unless the collection is small)
+    max_query_ms: float | None = None  # the limit asked for
+    warnings: tuple[str, ...] = ()  # one line each: the kind does not suit the size, what FAISS warned, the note
 
 
 def peak_rss_bytes() -> int:
@@ -63,11 +69,13 @@ def resident_bytes() -> int:
 
 def build_index(vectors: np.ndarray | Vectors, kind: str = "auto", nlist: int | None = None,
                 pq_bytes: int | None = None, target_recall: float = 0.95, memory_budget: int | None = None,
-                max_query_ms: float | None = None, sample_queries: int = 500, seed: int = 0):
+                max_query_ms: float | None = None, sample_queries: int = 500, seed: int = 0,
+                progress: bool = False):
     """A FAISS index of the normalised rows of `vectors` ([N, D], or a Vectors/VectorFile) and its report.
 
     `memory_budget` (bytes) bounds the whole process's peak resident memory: the plan leaves out what the process
-    already holds. Approximate indexes are tuned to `target_recall` within `max_query_ms` (when given)."""
+    already holds. Approximate indexes are tuned to `target_recall` within `max_query_ms` (when given). `pq_bytes`:
+    IVF-PQ's sub-quantizers (its code bytes at 8 bits each). `progress`: bars on stderr."""
     import faiss
 
     source = vectors if isinstance(vectors, Vectors) else Vectors(np.asarray(vectors))
@@ -79,23 +87,35 @@ def build_index(vectors: np.ndarray | Vectors, kind: str = "auto", nlist: int | 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     index = _new_index(plan, dim)
+    warnings = [plan.note] if plan.note else []
     if training := training_rows(plan, count):
-        index.train(source.rows(np.sort(rng.choice(count, size=training, replace=False))))
+        sample = source.rows(np.sort(rng.choice(count, size=training, replace=False)))
+        with progress_bar(total=1, desc=f"training {plan.describe()} on {training:,} rows",
+                          bar_format="{desc}: {elapsed}", disable=not progress) as bar:
+            faiss_warned = train_index(index, sample)
+            bar.update()
+        warnings += [faiss_warned] if faiss_warned else []
+        del sample  # before the rows are added: the memory budget counts it
     queries = source.rows(np.sort(rng.choice(count, size=min(count, sample_queries), replace=False)))
     k = min(10, count)
     exact = faiss.ResultHeap(len(queries), k, keep_max=True)
-    for start, chunk in source.chunks():
-        add_rows(index, chunk, start)
-        if plan.kind != "flat":
-            scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
-            exact.add_result(scores, rows + start)
+    with progress_bar(total=count, unit="vec", desc="adding", disable=not progress) as bar:
+        for start, chunk in source.chunks():
+            add_rows(index, chunk, start)
+            if plan.kind != "flat":
+                scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+                exact.add_result(scores, rows + start)
+            bar.update(len(chunk))
     exact.finalize()
-    setting, recall, query_ms, note = _tune(index, plan, queries, exact.I, target_recall, max_query_ms, source)
+    setting, recall, query_ms, note = _tune(index, plan, queries, exact.I, target_recall, max_query_ms, source,
+                                            progress)
     return index, IndexReport(
         kind=plan.kind, vectors=count, dim=dim, nlist=plan.nlist, nprobe=setting if plan.kind != "hnsw" else None,
         recall_at_10=recall, build_seconds=time.perf_counter() - started, description=plan.describe(),
-        pq_bytes=plan.pq_bytes, ef_search=setting if plan.kind == "hnsw" else None, query_ms=query_ms,
-        target_met=not note, note=note, peak_rss_bytes=peak_rss_bytes(), memory_budget=memory_budget)
+        pq_bytes=plan.code_bytes, ef_search=setting if plan.kind == "hnsw" else None, query_ms=query_ms,
+        target_met=not note, note=note, peak_rss_bytes=peak_rss_bytes(), memory_budget=memory_budget,
+        pq_bits=plan.pq_bits if plan.kind == "ivfpq" else None, max_query_ms=max_query_ms,
+        warnings=(*warnings, *([note] if note else [])))
 
 
 def _new_index(plan: IndexPlan, dim: int):
@@ -108,10 +128,10 @@ def _new_index(plan: IndexPlan, dim: int):
     quantizer = faiss.IndexFlatIP(dim)
     if plan.kind == "ivf":
         return faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
-    index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_m, plan.pq_bits, faiss.METRIC_INNER_PRODUCT)
     if not plan.opq:
         return index
-    rotation = faiss.OPQMatrix(dim, plan.pq_bytes)
+    rotation = faiss.OPQMatrix(dim, plan.pq_m)
     rotation.niter = 20  # of 50: the rotation's gain flattens early, and training it is most of the build
     return faiss.IndexPreTransform(rotation, index)  # FAISS's Python keeps the parts alive with the whole
 
@@ -172,41 +192,51 @@ def _is_hnsw(index) -> bool:
 
 
 def _tune(index, plan: IndexPlan, queries: np.ndarray, exact: np.ndarray, target_recall: float,
-          max_query_ms: float | None, rows: Vectors) -> tuple[int | None, float, float, str]:
+          max_query_ms: float | None, rows: Vectors, progress: bool = False
+          ) -> tuple[int | None, float, float, str]:
     """(setting, recall@10, single-query ms, note): the smallest nprobe/efSearch that reaches `target_recall`, or
-    the best that stays within `max_query_ms` (note says so); searched as search() does, with the `rows`."""
+    the best that stays within `max_query_ms`; the note says which of the two was not met, if one was. Searched
+    as search() does, with the `rows`."""
     import faiss
 
     name = SEARCH_PARAMETERS.get(plan.kind)
     if name is None:
-        return None, 1.0, _query_ms(index, queries, rows), ""
+        query_ms = _query_ms(index, queries, rows)
+        slow = max_query_ms is not None and query_ms > max_query_ms
+        return None, 1.0, query_ms, (f"one query takes {query_ms:.2f} ms, over --max-query-ms {max_query_ms:g}: an "
+                                     "exact index cannot trade recall for time (--kind hnsw or ivf can)"
+                                     if slow else "")
     values = EF_SEARCH if name == "efSearch" else \
         sorted({min(plan.nlist, 2 ** power) for power in range(plan.nlist.bit_length() + 1)})
     parameters = faiss.ParameterSpace()
     best: tuple[int, float, float] | None = None
     limit = f"at the largest {name}"
-    for value in values:
-        parameters.set_index_parameter(index, name, value)
-        _, found = search(index, queries, exact.shape[1], rows)
-        recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries, rows)
-        if max_query_ms is not None and query_ms > max_query_ms and best is not None:
-            limit = f"within --max-query-ms {max_query_ms:g}"
-            break
-        if best is not None and recall < best[1] + PLATEAU:  # compressed codes, not nprobe, cap the recall
-            limit = f"where doubling {name} adds under {PLATEAU:g}" + (" (the compressed codes cap it)"
-                                                                         if plan.kind == "ivfpq" else "")
-            break
-        best = (value, recall, query_ms)
-        if recall >= target_recall:
-            break
+    with progress_bar(total=len(values), desc=f"tuning {name}", disable=not progress) as bar:
+        for value in values:
+            parameters.set_index_parameter(index, name, value)
+            _, found = search(index, queries, exact.shape[1], rows)
+            recall, query_ms = recall_at_k(found, exact), _query_ms(index, queries, rows)
+            bar.set_postfix_str(f"{name} {value}: recall@10 {recall:.3f}, {query_ms:.2f} ms", refresh=False)
+            bar.update()
+            if max_query_ms is not None and query_ms > max_query_ms and best is not None:
+                limit = f"within --max-query-ms {max_query_ms:g}"
+                break
+            if best is not None and recall < best[1] + PLATEAU:  # compressed codes, not nprobe, cap the recall
+                limit = f"where doubling {name} adds under {PLATEAU:g}" + (" (the compressed codes cap it)"
+                                                                             if plan.kind == "ivfpq" else "")
+                break
+            best = (value, recall, query_ms)
+            if recall >= target_recall:
+                break
     value, recall, query_ms = best
     parameters.set_index_parameter(index, name, value)
-    note = ""
+    notes = []
     if recall < target_recall:
-        note = f"recall@10 {recall:.3f} is below the target {target_recall:g} {limit}; kept {name} {value}"
-    elif max_query_ms is not None and query_ms > max_query_ms:
-        note = f"one query takes {query_ms:.1f} ms, over --max-query-ms {max_query_ms:g}, at {name} {value}"
-    return value, recall, query_ms, note
+        notes.append(f"recall@10 {recall:.3f} is below the target {target_recall:g} {limit}; kept {name} {value}")
+    if max_query_ms is not None and query_ms > max_query_ms:
+        notes.append(f"one query takes {query_ms:.2f} ms, over --max-query-ms {max_query_ms:g}, even at {name} "
+                     f"{value}")
+    return value, recall, query_ms, "; ".join(notes)
 
 
 def _query_ms(index, queries: np.ndarray, rows: Vectors) -> float:

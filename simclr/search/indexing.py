@@ -21,11 +21,12 @@ log = logging.getLogger("simclr")
 
 
 def default_index_file(parts: list[Path]) -> Path:
-    """Beside the first features file: feats.npy -> feats.faiss, and the parts feats-K-of-N.npy -> feats.faiss."""
+    """Beside the first features file: feats.npy -> feats.faiss, and all N parts feats-K-of-N.npy ->
+    feats-of-N.faiss (feats.faiss is the index of their merged file, feats.npy)."""
     first = Path(parts[0])
     match = PART_PATTERN.fullmatch(first.stem)
     if match and len(parts) == int(match["count"]):
-        return first.with_name(f"{match['stem']}.faiss")
+        return first.with_name(f"{match['stem']}-of-{match['count']}.faiss")
     return index_path(first)
 
 
@@ -162,11 +163,15 @@ def _remove(index_file: Path, paths: list[str]) -> tuple[IndexManifest, list[str
 
 
 def index_after_merge(parts: list[Path], merged: Path, part_rows: dict[Path, np.ndarray]) -> Path | None:
-    """Carry the index of a sharded run's parts (feats.faiss beside them) over to their merged file: its row ids
-    renumbered to the merged rows (`part_rows`: each part's rows there), saved beside `merged` and bound to it. None
-    when there is no such index, or (with a warning naming why) when it cannot follow and is left as it was."""
-    index_file = default_index_file(parts)
-    if not index_file.is_file():
+    """Carry the index of a sharded run's parts (feats-of-N.faiss beside them) over to their merged file: its row
+    ids renumbered to the merged rows (`part_rows`: each part's rows there), saved beside `merged` and bound to it.
+    None when there is no such index, or (with a warning naming why) when it cannot follow and is left as it was."""
+    first = Path(parts[0])
+    match = PART_PATTERN.fullmatch(first.stem)
+    # feats.faiss: where an index of the parts was written before such indexes were named after them
+    legacy = [first.with_name(f"{match['stem']}.faiss")] if match else []
+    index_file = next((path for path in [default_index_file(parts), *legacy] if path.is_file()), None)
+    if index_file is None:
         return None
     try:
         index, manifest = load_index(index_file, mmap=False)

@@ -4,10 +4,15 @@ Sizes are what FAISS holds in memory: flat 4D bytes a vector; IVF 4D + 8 (the ro
 its code bytes + 8 plus centroids, codebooks and (OPQ) a D x D rotation; HNSW 4D plus 2M neighbour links of 4 bytes.
 `auto` takes, of exact (up to EXACT_UP_TO vectors), HNSW (up to HNSW_UP_TO), IVF, then IVF-PQ with ever smaller
 codes, the first that fits (without a budget: the first).
+
+Every k-means is given the MIN_POINTS_PER_CENTROID points a centroid that FAISS asks for: IVF gets at most N / 40
+lists, and IVF-PQ codebooks of fewer than 256 centroids (fewer bits a sub-quantizer, and no OPQ rotation) when the
+collection is too small to train 256.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -16,8 +21,11 @@ KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 EXACT_UP_TO = 50_000  # `auto` builds an exact index up to this many vectors
 MAX_LISTS = 4096  # k-means over more lists takes too long to train on a few cores for what it gains
 MIN_LISTS = 64  # fewest lists a memory budget may leave an IVF index (each list is then long to scan)
-TRAINING_ROWS_PER_LIST = 40  # FAISS warns below 39
-PQ_TRAINING_ROWS = 10_000  # 8-bit codebooks: 256 centroids a sub-quantizer, 39 points each
+MIN_POINTS_PER_CENTROID = 39  # FAISS's k-means warns (one line a k-means) below this many training points a centroid
+TRAINING_ROWS_PER_LIST = 40  # IVF lists get one more than FAISS asks for
+PQ_BITS = 8  # a sub-quantizer's code: 256 centroids, when there are the rows to train them
+PQ_TRAINING_ROWS = MIN_POINTS_PER_CENTROID << PQ_BITS  # 9,984: 8-bit codebooks train without a warning
+APPROXIMATE_FROM = 10_000  # below this an exact query takes about a millisecond, and approximate kinds gain nothing
 CODE_BYTES = (128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # IVF-PQ code sizes `auto` tries, largest (best recall) first
 HNSW_M = 32
 HNSW_UP_TO = 1_000_000  # `auto` builds HNSW up to here (fastest queries at a given recall; minutes to build on 2 cores)
@@ -31,9 +39,11 @@ SIZE_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.IGNORECASE)
 class IndexPlan:
     kind: str  # flat | ivf | ivfpq | hnsw
     nlist: int | None = None
-    pq_bytes: int | None = None
+    pq_m: int | None = None  # IVF-PQ sub-quantizers (FAISS's M): the code bytes a vector at 8 bits each
+    pq_bits: int = PQ_BITS  # bits of each sub-quantizer's code
     opq: bool = False
     hnsw_m: int | None = None
+    note: str = ""  # why the kind asked for does not suit the collection, if it does not
     index_bytes: int = 0  # estimated size of the index in memory
     training_bytes: int = 0  # estimated peak while training (the index is still empty then)
 
@@ -42,11 +52,17 @@ class IndexPlan:
         """Estimated peak memory of building it, on top of the process's own."""
         return max(self.training_bytes, self.index_bytes + ADDING_BYTES)
 
+    @property
+    def code_bytes(self) -> int | None:
+        """IVF-PQ: the bytes of one vector's code."""
+        return None if self.pq_m is None else (self.pq_m * self.pq_bits + 7) // 8
+
     def describe(self) -> str:
-        """FAISS's factory-like name: Flat, IVF1024,Flat, OPQ64,IVF1024,PQ64, HNSW32."""
-        rotation = f"OPQ{self.pq_bytes}," if self.opq else ""
+        """FAISS's factory name: Flat, IVF1024,Flat, OPQ64,IVF1024,PQ64, IVF43,PQ128x5 (5-bit codes), HNSW32."""
+        rotation = f"OPQ{self.pq_m}," if self.opq else ""
+        bits = "" if self.pq_bits == PQ_BITS else f"x{self.pq_bits}"
         return {"flat": "Flat", "ivf": f"IVF{self.nlist},Flat", "hnsw": f"HNSW{self.hnsw_m}",
-                "ivfpq": f"{rotation}IVF{self.nlist},PQ{self.pq_bytes}"}[self.kind]
+                "ivfpq": f"{rotation}IVF{self.nlist},PQ{self.pq_m}{bits}"}[self.kind]
 
 
 def parse_size(text: str) -> int:
@@ -80,17 +96,29 @@ def training_rows(plan: IndexPlan, count: int) -> int:
     return min(count, wanted)
 
 
+def pq_bits(rows: int) -> int:
+    """Bits a sub-quantizer's code that `rows` training rows can train: 2^bits centroids of
+    MIN_POINTS_PER_CENTROID points each, at most PQ_BITS (0 when not even two centroids can be)."""
+    return min(PQ_BITS, (rows // MIN_POINTS_PER_CENTROID).bit_length() - 1)
+
+
 def sized(plan: IndexPlan, count: int, dim: int) -> IndexPlan:
     """`plan` with its estimated index and working memory."""
-    vectors = {"flat": 4 * dim, "ivf": 4 * dim + 8, "ivfpq": (plan.pq_bytes or 0) + 8,
+    vectors = {"flat": 4 * dim, "ivf": 4 * dim + 8, "ivfpq": (plan.code_bytes or 0) + 8,
                "hnsw": 4 * dim + 8 * (plan.hnsw_m or 0) + 16}[plan.kind]
     fixed = 4 * dim * (plan.nlist or 0)
     if plan.kind == "ivfpq":
-        fixed += 4 * 256 * dim + (4 * dim * dim if plan.opq else 0)
+        fixed += 4 * (1 << plan.pq_bits) * dim + (4 * dim * dim if plan.opq else 0)
     growth = GROWTH if plan.kind in ("ivf", "ivfpq", "hnsw") else 1.0
     training = TRAINING_FACTOR * 4 * dim * training_rows(plan, count)
-    return IndexPlan(plan.kind, plan.nlist, plan.pq_bytes, plan.opq, plan.hnsw_m,
-                     int(count * vectors * growth + fixed), int(training))
+    return dataclasses.replace(plan, index_bytes=int(count * vectors * growth + fixed), training_bytes=int(training))
+
+
+def _ivfpq(count: int, dim: int, nlist: int, pq_m: int) -> IndexPlan:
+    """IVF-PQ with the codebooks its training sample can train; OPQ-rotated at 16x compression and more, when the
+    8-bit codebooks can be trained (the rotation is fitted with them, and needs as many rows)."""
+    bits = pq_bits(training_rows(IndexPlan("ivfpq", nlist), count))
+    return IndexPlan("ivfpq", nlist, pq_m, bits, opq=bits == PQ_BITS and 4 * dim // pq_m >= 16)
 
 
 def pq_sizes(dim: int) -> list[int]:
@@ -113,8 +141,12 @@ def plan_index(count: int, dim: int, kind: str = "auto", available: int | None =
     lists = [nlist] if nlist else [default_nlist(count) >> halving for halving in range(8)
                                    if default_nlist(count) >> halving >= min(MIN_LISTS, default_nlist(count))]
     ivf = [IndexPlan("ivf", size) for size in lists]
-    ivfpq = [IndexPlan("ivfpq", size, code, opq=4 * dim // code >= 16)
-             for code in ([pq_bytes] if pq_bytes else pq_sizes(dim)) for size in lists]
+    trainable = pq_bits(count) >= 1
+    if kind == "ivfpq" and not trainable:
+        raise ValueError(f"--kind ivfpq: {count} vectors are too few to train its codebooks (at least "
+                         f"{2 * MIN_POINTS_PER_CENTROID}); use --kind flat")
+    ivfpq = [_ivfpq(count, dim, size, code) for code in ([pq_bytes] if pq_bytes else pq_sizes(dim))
+             for size in lists] if trainable else []
     candidates = {"flat": [IndexPlan("flat")], "ivf": ivf, "ivfpq": ivfpq,
                   "hnsw": [IndexPlan("hnsw", hnsw_m=HNSW_M)]}.get(kind)
     if candidates is None:  # auto
@@ -124,8 +156,19 @@ def plan_index(count: int, dim: int, kind: str = "auto", available: int | None =
     plans = [sized(plan, count, dim) for plan in candidates]
     for plan in plans:
         if available is None or plan.peak_bytes <= available:
-            return plan
+            return plan if kind == "auto" else dataclasses.replace(plan, note=size_note(plan, count))
     smallest = min(plans, key=lambda plan: (plan.peak_bytes, plan.index_bytes))
     raise ValueError(f"--memory-budget: {format_size(max(available, 0))} is left for the index beside this "
                      f"process's own memory, and the smallest {smallest.describe()} index of {count:,} x {dim} "
                      f"needs about {format_size(smallest.peak_bytes)} to build")
+
+
+def size_note(plan: IndexPlan, count: int) -> str:
+    """One line when an approximate kind that was asked for does not suit a collection of `count` vectors (below
+    APPROXIMATE_FROM, an exact search is about as fast and exact); else ""."""
+    if plan.kind == "flat" or count >= APPROXIMATE_FROM:
+        return ""
+    codes = f"; its codebooks are cut to {plan.pq_bits} bits (256 centroids need {PQ_TRAINING_ROWS:,} vectors)" \
+        if plan.kind == "ivfpq" and plan.pq_bits < PQ_BITS else ""
+    return (f"--kind {plan.kind} does not suit {count:,} vectors: below {APPROXIMATE_FROM:,} an exact index "
+            f"(--kind flat, what auto builds up to {EXACT_UP_TO:,}) finds every neighbour about as fast{codes}")

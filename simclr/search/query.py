@@ -13,7 +13,7 @@ from simclr.embed.encoder import Encoder, EncoderSpec, same_model
 from simclr.embed.features import Features, load_parts
 from simclr.embed.reader import embedded_batches, scan_inputs
 from simclr.search.index import EXACT_UP_TO, build_index, search
-from simclr.search.indexing import leave_out, removals_of
+from simclr.search.indexing import default_index_file, leave_out, removals_of
 from simclr.search.store import StaleIndexError, index_path, load_index, read_manifest, save_index
 from simclr.search.vectors import vector_source
 
@@ -72,7 +72,8 @@ def open_index(path: Path, kind: str = "flat", mmap: bool = True) -> tuple[Featu
         stale = None
     except StaleIndexError as error:
         stale = error
-        rebuild = " ".join(map(str, parts)) + (f" --out {index_file}" if index_file != index_path(parts[0]) else "")
+        rebuild = " ".join(map(str, parts)) + (f" --out {index_file}" if index_file != default_index_file(parts)
+                                                else "")
         if len(features.vectors) > EXACT_UP_TO:
             raise StaleIndexError(f"{stale}: rebuild it with `simclr index {rebuild}`") from None
         # In memory only: a reader never writes over an index that a writer (simclr index --add) may be changing.
