@@ -54,7 +54,7 @@ def test_sharded_embedding_merge_and_a_budgeted_index_import_no_torch(work: Path
     _run("main", ["index", *parts, "--memory-budget", "1G"], work)
     _run("main", ["index", "merged.npy", "--kind", "ivf", "--nlist", "1"], work)
     _run("main", ["index", "merged.npy", "--remove", "images/0.png"], work)
-    assert (work / "parts" / "feats.faiss").is_file() and (work / "merged.faiss").is_file()
+    assert (work / "parts" / "feats-of-2.faiss").is_file() and (work / "merged.faiss").is_file()
 
 
 def test_classify_with_onnx_runtime_imports_no_torch(work: Path, finetuned_run: Path) -> None:
