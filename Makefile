@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint docs clean
+.PHONY: test test-fast demo bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The quick tier, for the edit-test loop: no slow test, no Triton, browser, ../shared data or several processes.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow and not triton and not browser and not shared_data and not cluster"
 
 # The demo's photos come from scikit-image (the demo extra). With ../shared/data (the CIFAR-10 copy of this
 # project's machines) it also runs the linear probe.

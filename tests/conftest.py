@@ -17,6 +17,27 @@ TINY_TRAIN_ARGS = ["--width", "0.125", "--batch-size", "128", "--epochs", "8", "
                    "--base-lr", "1.0", "--log-every", "3", "--workers", "2", "--seed", "0"]
 
 
+# Test tiers (`make test-fast` leaves out all five; `pytest -m triton` runs one): `slow` is marked on each test that
+# takes 3 s or more here; the others follow from what a test uses.
+SHARED_DATA_FIXTURES = {"cifar_root", "cifar_folders", "tinyimagenet_folder", "tinyimagenet_probe", "tiny_run",
+                        "learned_repo"}
+TRITON_MODULES = {"test_server", "test_launcher", "test_fleet", "test_demo"}
+CLUSTER_MODULES = {"test_distributed", "test_gpu_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__
+        if "triton" in item.fixturenames or "triton" in item.name or module in TRITON_MODULES:
+            item.add_marker(pytest.mark.triton)
+        if module == "test_search_page":
+            item.add_marker(pytest.mark.browser)
+        if SHARED_DATA_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.shared_data)
+        if module in CLUSTER_MODULES or "torchrun" in item.name or "gloo" in item.name:
+            item.add_marker(pytest.mark.cluster)
+
+
 def _from_shared(script: str, *args: str) -> None:
     """Materialise part of a ../shared/data copy, or skip the test with the reason."""
     from simclr.data.shared import write_from_shared

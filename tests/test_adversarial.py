@@ -51,6 +51,7 @@ def _peak_rss_kb(*args: str) -> tuple[subprocess.CompletedProcess, int]:
 
 
 @pytest.mark.skipif(not Path("/usr/bin/time").is_file(), reason="needs GNU time to read peak memory")
+@pytest.mark.slow
 def test_embed_records_every_bad_file_and_stays_small(hostile_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
     result, peak_kb = _peak_rss_kb("embed", str(hostile_folder), "--model", str(tiny_repo / "tiny"), "--out",
                                    str(tmp_path / "feats.npy"), "--workers", "0", "--json")
@@ -63,6 +64,7 @@ def test_embed_records_every_bad_file_and_stays_small(hostile_folder: Path, tiny
     assert peak_kb < 1_000_000  # under 1 GB in all: no torch, and the strip is refused before it is decoded
 
 
+@pytest.mark.slow
 def test_search_and_train_survive_the_same_folder(hostile_folder: Path, tiny_repo: Path, tmp_path: Path) -> None:
     index = tmp_path / "feats.npy"
     assert _simclr("embed", str(hostile_folder), "--model", str(tiny_repo / "tiny"), "--out", str(index),
@@ -167,11 +169,13 @@ def test_an_output_that_is_a_folder_is_one_line(option: str, shapes_folder: Path
     (["probe", "--data", "cifar10", "--limit-train", "0"], "--limit-train"),
     (["train", "--data", "x", "--out", "run", "--preset", "mnist"], "--preset"),
 ])
+@pytest.mark.slow
 def test_out_of_range_arguments_are_refused_by_the_parser(args: list[str], option: str, contract_run: Path) -> None:
     result = _simclr(*[str(contract_run) if arg == "RUN" else arg for arg in args])
     assert result.returncode == 2 and f"'{option}'" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_model_name_with_a_newline_is_refused(contract_run: Path, tmp_path: Path) -> None:
     result = _simclr("export", str(contract_run), "--repo", str(tmp_path / "repo"), "--name", "abc\n")
     assert result.returncode == 1 and "--name" in result.stderr and not (tmp_path / "repo").exists()
@@ -252,6 +256,7 @@ def test_kill_9_of_embed_takes_its_decoding_workers_down(shapes_folder: Path, ti
     assert not any(_alive(pid) for pid in workers)
 
 
+@pytest.mark.slow
 def test_export_into_a_model_whose_served_file_is_truncated_is_one_line(contract_run: Path, tmp_path: Path) -> None:
     from simclr.export.repository import export_to_repository
 
@@ -262,6 +267,7 @@ def test_export_into_a_model_whose_served_file_is_truncated_is_one_line(contract
     assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == ["1", "config.pbtxt"]
 
 
+@pytest.mark.slow
 def test_an_export_killed_midway_leaves_a_folder_the_next_export_removes(contract_run: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     process = subprocess.Popen([sys.executable, "-m", "simclr", "export", str(contract_run), "--repo", str(repo),
@@ -277,6 +283,7 @@ def test_an_export_killed_midway_leaves_a_folder_the_next_export_removes(contrac
     assert not list((repo / "m").glob(".export-*"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(contract_run: Path, tmp_path: Path) -> None:
     import torch
 
@@ -290,6 +297,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(contract_r
     assert "weights do not fit its recorded config" in result.stderr
 
 
+@pytest.mark.slow
 def test_probe_features_of_two_dimensions_are_one_line(tmp_path: Path) -> None:
     from simclr.embed.encoder import ModelIdentity
     from simclr.embed.sidecar import FeaturesHeader
@@ -308,11 +316,13 @@ def test_probe_features_of_two_dimensions_are_one_line(tmp_path: Path) -> None:
     assert "train features have 8 dimensions, test features 16" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_negative_l2_strength_is_one_line(tmp_path: Path) -> None:
     result = _simclr("probe", "--train-features", "a.npy", "--test-features", "b.npy", "--l2", "-1")
     assert result.returncode == 1 and result.stderr.strip() == "error: --l2 -1: must be 0 or more"
 
 
+@pytest.mark.slow
 def test_probe_checks_its_data_options_before_opening_a_model(tmp_path: Path) -> None:
     result = _simclr("probe", "--train", str(tmp_path), "--model", str(tmp_path / "no-such-model"))
     assert result.returncode == 1 and result.stderr.strip() == "error: --train and --test go together"

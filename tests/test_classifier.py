@@ -131,6 +131,7 @@ def test_classify_refuses_an_encoder_without_classes(tiny_repo: Path, labelled_f
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_export_tells_a_finetuned_run_from_a_pretraining_run(contract_run: Path, finetuned_run: Path,
                                                              tmp_path: Path) -> None:
     encoder = CliRunner().invoke(app, ["export", str(finetuned_run), "--repo", str(tmp_path)])

@@ -11,6 +11,7 @@ from PIL import Image
 from simclr.demo import SAMPLE_PHOTOS, run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_reports_where_outputs_are(learned_repo: Path, tmp_path: Path) -> None:
     pytest.importorskip("skimage", reason="the demo's photos come from scikit-image (the demo extra)")
     lines: list[str] = []

@@ -44,6 +44,7 @@ def _worker(rank: int, init_file: str, views_file: str, result_file: str) -> Non
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(1)
     views = (torch.rand(WORLD * LOCAL_BATCH, 3, 32, 32, generator=generator),

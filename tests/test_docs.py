@@ -224,6 +224,7 @@ def docs_folder(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"{block.file.name}:{block.line}" for block in PYTHON_BLOCKS])
+@pytest.mark.slow
 def test_python_block_runs(block: Block, docs_folder: Path, request: pytest.FixtureRequest):
     code = block.text
     if block.marker and block.marker.startswith("not run:"):

@@ -88,6 +88,7 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16() -> None:
 
 
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="Inductor needs a C++ compiler on the CPU")
+@pytest.mark.slow
 def test_inductor_cache_is_saved_and_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(COMPILE_CACHE_ENVIRONMENT, str(tmp_path / "cache.bin"))
     path = compile_cache_path(torch.device("cpu"))

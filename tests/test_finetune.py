@@ -148,6 +148,7 @@ def test_resume_continues_exactly(contract_run: Path, labelled_folder: Path, tmp
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_torchrun_fine_tunes_with_two_gloo_processes(contract_run: Path, labelled_folder: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -204,6 +205,7 @@ def test_a_folded_export_reads_back_and_keeps_its_function_in_train_mode(learned
     assert np.abs(in_train - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_finetune_from_the_exported_default_model(labelled_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _invoke(str(DEFAULT_MODEL), "--data", str(labelled_folder), *QUICK, "--max-steps", "2",

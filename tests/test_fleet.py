@@ -44,6 +44,7 @@ def _images(count: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.slow
 def test_requests_spread_over_the_servers_and_survive_one_stopping(triton, second_triton, tiny_repo: Path,
                                                                    protocol: str, caplog) -> None:
     urls = [getattr(server, f"{protocol}_url") for server in (triton, second_triton)]
@@ -76,6 +77,7 @@ def test_a_server_down_at_the_start_is_left_out_and_a_fleet_of_none_is_refused(t
         TritonFleet([triton.http_url, triton.http_url], "tiny")
 
 
+@pytest.mark.slow
 def test_a_fleet_embeds_files_in_rows_aligned_with_the_paths(triton, tiny_repo: Path, real_photos: Path,
                                                             tmp_path: Path) -> None:
     photos = find_images(real_photos / "sample")[:3]
@@ -89,6 +91,7 @@ def test_a_fleet_embeds_files_in_rows_aligned_with_the_paths(triton, tiny_repo: 
     assert np.array_equal(embeddings[[1, 3, 4]], local)
 
 
+@pytest.mark.slow
 def test_simclr_embed_over_two_servers_sending_files_equals_one_local_run(triton, second_triton, tiny_repo: Path,
                                                                           image_folder: Path, tmp_path: Path) -> None:
     servers = f"{triton.grpc_url},{second_triton.grpc_url}"

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from simclr.embed.onnx_encoder import OnnxEncoder
@@ -43,6 +44,7 @@ def _run(environment: dict[str, str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **environment}, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_the_gpu_window_runs_on_the_cpu_and_brings_back_what_it_promises(tiny_repo: Path, tmp_path: Path) -> None:
     carry, work, out = tmp_path / "carry", tmp_path / "work", tmp_path / "out"
     for folder, shards in (("a", (0,)), ("d", (6, 7))):

@@ -134,6 +134,7 @@ def test_an_exact_index_over_max_query_ms_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.slow
 def test_each_kind_is_tuned_to_the_target_recall_or_says_why(kind: str) -> None:
     vectors = _clustered(20_000, 32)
     index, report = build_index(vectors, kind, target_recall=0.9)
@@ -157,6 +158,7 @@ def test_max_query_ms_stops_the_tuning_and_says_so() -> None:
     assert report.nprobe == 1 and not report.target_met and "within --max-query-ms" in report.note
 
 
+@pytest.mark.slow
 def test_the_process_stays_within_its_memory_budget(tmp_path: Path) -> None:
     _features(tmp_path / "small.npy", _clustered(1000, 64))
     _features(tmp_path / "feats.npy", _clustered(200_000, 64, seed=1))
@@ -283,6 +285,7 @@ def test_an_index_opens_memory_mapped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(search(mapped, queries, 5)[1], search(read, queries, 5)[1])
 
 
+@pytest.mark.slow
 def test_an_index_write_killed_at_any_moment_leaves_a_usable_index(tmp_path: Path) -> None:
     from simclr.search.indexing import build_index_files
 

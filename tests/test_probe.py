@@ -126,6 +126,7 @@ def cifar_splits(cifar_root: Path):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.slow
 def test_on_real_cifar_features_are_informative_and_ranked(cifar_splits, seed: int) -> None:
     # Measured on 2,000 train / 500 test images over seeds 0-2: random-weights ResNet-18 (width 0.25) 29-33%,
     # 8x8 pixels 35-38%, 2x2 pixels 27-28% linear top-1 (chance 10%). Random ResNet features do not reliably beat
@@ -148,6 +149,7 @@ def _probe(*args: str):
     return CliRunner().invoke(app, ["probe", *args])
 
 
+@pytest.mark.slow
 def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path, learned_repo: Path,
                                                                 tmp_path: Path) -> None:
     args = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(learned_repo / "tiny" / "1"),
@@ -165,6 +167,7 @@ def test_cli_on_cifar_reports_consistent_json_deterministically(cifar_root: Path
         {k: report[k] for k in ("linear_top1", "linear_top5", "knn_top1", "l2")}
 
 
+@pytest.mark.slow
 def test_cli_baselines(cifar_root: Path, learned_repo: Path) -> None:
     common = ["--data", "cifar10", "--data-root", str(cifar_root), "--model", str(learned_repo / "tiny" / "1"),
               "--limit-train", "500", "--limit-test", "200", "--json", "--l2", "1e-3"]
@@ -177,6 +180,7 @@ def test_cli_baselines(cifar_root: Path, learned_repo: Path) -> None:
         assert report["linear_top1"] > 0.15 and report["knn_top1"] > 0.13, report
 
 
+@pytest.mark.slow
 def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_folders: Path, learned_repo: Path,
                                                                         tmp_path: Path) -> None:
     train, test = tmp_path / "train", tmp_path / "test"
@@ -201,6 +205,7 @@ def test_image_folders_with_mismatched_classes_and_precomputed_features(cifar_fo
     assert from_files["linear_top1"] == pytest.approx(report["linear_top1"], abs=0.02)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_probed_at_another_size_matches_its_export_at_that_size(cifar_folders: Path, tiny_run: Path,
                                                                               tmp_path: Path) -> None:
     from simclr.export.repository import export_to_repository

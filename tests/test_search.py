@@ -155,6 +155,7 @@ def test_index_round_trip_gives_the_same_answers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+@pytest.mark.slow
 def test_approximate_index_reports_its_recall(kind: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((100, 32))

@@ -112,6 +112,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_serve_stops_on_sigterm_and_frees_its_ports(tiny_repo: Path, tmp_path: Path) -> None:
     ports = [free_port(), free_port(), free_port()]
     stubs_before = _stub_pids()
@@ -156,6 +157,7 @@ def _server_leftovers() -> set[str]:
             *(str(p) for p in Path(tempfile.gettempdir()).glob("python_env_*"))}
 
 
+@pytest.mark.slow
 def test_kill_9_of_serve_takes_the_server_down_and_a_new_serve_starts(tiny_repo: Path) -> None:
     ports = [free_port(), free_port(), free_port()]
     folders_before, leftovers_before = _work_folders(), _server_leftovers()

@@ -32,6 +32,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_help_and_every_command_help_import_no_torch(work: Path) -> None:
     _run("main", ["--help"], work)
     for command in ("train", "export", "serve", "embed", "index", "search", "probe", "demo", "search-server",
@@ -46,6 +47,7 @@ def test_embed_index_and_search_import_no_torch(work: Path) -> None:
     assert (work / "feats.faiss").is_file()
 
 
+@pytest.mark.slow
 def test_sharded_embedding_merge_and_a_budgeted_index_import_no_torch(work: Path) -> None:
     for job in ("0/2", "1/2"):
         _run("embed_main", ["images", "--out", "parts/feats.npy", "--shard", job, "--workers", "0"], work)

@@ -160,6 +160,7 @@ def test_shards_that_would_not_fit_in_memory_are_refused(shard_folder: Path) -> 
         training_images(str(shard_folder), None, SIZE, in_memory=False)
 
 
+@pytest.mark.slow
 def test_a_real_tiny_imagenet_shard_decodes_every_image() -> None:
     folder = shared_data() / "tinyimagenet"
     shard = folder / "tinyimagenet-train-7.tar.xz"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 from typer.testing import CliRunner
 
 from simclr.cli.app import app
@@ -13,6 +14,7 @@ from simclr.cli.app import app
 from conftest import train_cli
 
 
+@pytest.mark.slow
 def test_photo_preset_trains_exports_and_probes_on_tiny_imagenet(tinyimagenet_folder: Path, tinyimagenet_probe: Path,
                                                                    tmp_path: Path) -> None:
     # Two steps of the photo preset (200 photos, batch 100, one epoch), with the kNN monitor on the labelled set.

@@ -101,6 +101,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder: 
     assert (out / "last.pt").read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [sys.executable, "-m", "simclr", "train", "--data", str(image_folder), "--out", str(out), *SMALL,
@@ -367,6 +368,7 @@ def test_init_gives_a_short_warm_up_unless_one_is_given() -> None:
     assert build_config("photo", {"data": "x"}).optim.warmup_epochs == 10.0
 
 
+@pytest.mark.slow
 def test_time_budget_ends_the_whole_schedule_within_it(image_folder: Path, tmp_path: Path) -> None:
     out, budget = tmp_path / "run", 12.0
     started = time.monotonic()

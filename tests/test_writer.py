@@ -115,6 +115,7 @@ def test_a_damaged_sidecar_names_its_line(tmp_path: Path, edit, message: str) ->
 
 @pytest.mark.parametrize("planted", ["feats.npy.partial", "feats.jsonl.partial"])
 @pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.slow
 def test_a_link_planted_as_a_partial_file_is_refused_and_its_target_untouched(tmp_path: Path, planted: str,
                                                                               resume: bool) -> None:
     victim = tmp_path / "thesis.tex"

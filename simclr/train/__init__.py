@@ -11,7 +11,7 @@ from typing import Any
 
 _HOMES = {
     "TrainConfig": "config", "build_config": "config",
-    "TrainingError": "loop", "TrainingInterrupted": "loop", "TrainResult": "loop", "train": "loop",
+    "TrainingError": "epochs", "TrainingInterrupted": "epochs", "TrainResult": "loop", "train": "loop",
     "contrastive_accuracy": "loss", "nt_xent": "loss",
     "ProjectionHead": "model", "ResNetEncoder": "model", "SimCLRModel": "model",
 }
