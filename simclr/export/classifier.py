@@ -87,15 +87,6 @@ def export_classifier_onnx(run: FinetunedRun, out_path: Path, parity_batch: int 
     return ExportedModel(Path(out_path), metadata, difference, FP32_TOLERANCE)
 
 
-def classes_of_model(props: dict[str, str], source: Path) -> tuple[str, ...]:
-    """The class names an exported classifier records; ValueError when `source` is not a classifier."""
-    if "classes" not in props:
-        raise ValueError(f"{source}: not a classifier (export a fine-tuned run with simclr export RUN_DIR "
-                         "--classifier)")
-    return tuple(json.loads(props["classes"]))
-
-
-
 def export_classifier(run_dir: Path, repo: Path, name: str, options: ServingOptions | None = None,
                       bytes_model: BytesModelOptions | None = BYTES_MODEL_DEFAULTS) -> RepositoryModel:
     """Export a fine-tuning run's classifier as the next version of model `name` in `repo` (config.pbtxt with the

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from simclr.train.config import (
@@ -86,10 +85,6 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
         return dataclass_from_dict(cls, values)
-
-    @classmethod
-    def load(cls, path: Path) -> FinetuneConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     @property
     def optim(self) -> OptimConfig:
