@@ -22,3 +22,10 @@ def significant(rate: float) -> str:
     """A rate as every command prints one: three significant digits below 100, whole numbers with thousands
     separators above (0.000213, 0.213, 21.3, 213, 2,134), so that a slow run never reads 0."""
     return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def duration(seconds: float) -> str:
+    """A rough duration: 40 s, 14 min, 2.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.2g} h"

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from simclr.cli.app import app
 from simclr.embed.onnx_encoder import OnnxEncoder
 from simclr.finetune.labels import balanced_rows, data_split, rows_from_labels_file
-from simclr.finetune.loop import duration
 from simclr.finetune.onnx_weights import calibrate_folded_batch_norm, read_onnx_encoder
 from simclr.finetune.run import finetune, labelled_sets, new_config
 from simclr.train.checkpoint import load_checkpoint
@@ -110,11 +109,6 @@ def test_epochs_read_the_images_decoded_once_not_the_files(contract_run: Path, l
     expected, actual = (load_checkpoint(tmp_path / run / "last.pt")["classifier"] for run in ("reference", "decoded"))
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(40, "40 s"), (14 * 60, "14 min"), (2.5 * 3600, "2.5 h")])
-def test_durations_read_in_the_unit_that_fits(seconds: float, text: str) -> None:
-    assert duration(seconds) == text
 
 
 def test_labels_file_reuses_the_labelled_images(contract_run: Path, labelled_folder: Path, tmp_path: Path) -> None:

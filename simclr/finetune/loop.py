@@ -19,7 +19,7 @@ from simclr.finetune.config import FinetuneConfig
 from simclr.finetune.evaluate import evaluate_classifier
 from simclr.finetune.labels import LabelledImages
 from simclr.finetune.model import Classifier
-from simclr.progress import significant
+from simclr.progress import duration, significant
 from simclr.train import distributed
 from simclr.train.augment import crop_and_flip
 from simclr.train.batches import ResumableSampler
@@ -155,10 +155,3 @@ class FineTuner(EpochLoop):
             record["test_top1"] = evaluate_classifier(self.model, self.test, self.config.image_size,
                                                       self.device).top1
             log.info("epoch %d: test top-1 %.2f%%", self.epoch, 100 * record["test_top1"])
-
-
-def duration(seconds: float) -> str:
-    """A rough duration: 40 s, 14 min, 2.5 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.2g} h"
